@@ -1,0 +1,84 @@
+//! The HTTP endpoint: `/health` (the process is alive and serving), `/ready` (joined and
+//! config caught up; 503 with the reason otherwise) and `/metrics` (Prometheus text format).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Why the node is or is not ready.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Readiness {
+    /// True when the node may receive traffic.
+    pub ready: bool,
+    /// Human-readable reason.
+    pub reason: String,
+    /// This node is a ring member in its applied config.
+    pub member: bool,
+    /// A Raft leader is known.
+    pub leader_known: bool,
+    /// Applied config index.
+    pub applied_index: u64,
+    /// Committed index the leader gossips (0 if unknown).
+    pub leader_committed_index: u64,
+}
+
+#[derive(Clone)]
+struct HttpState {
+    node_id: String,
+    readiness: watch::Receiver<Readiness>,
+    prometheus: Option<PrometheusHandle>,
+}
+
+/// Serves HTTP on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    node_id: String,
+    readiness: watch::Receiver<Readiness>,
+    prometheus: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let state = HttpState {
+        node_id,
+        readiness,
+        prometheus,
+    };
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+async fn health(State(state): State<HttpState>) -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok", "node_id": state.node_id }))
+}
+
+async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
+    let readiness = state.readiness.borrow().clone();
+    let code = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(readiness))
+}
+
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    match &state.prometheus {
+        Some(handle) => (StatusCode::OK, handle.render()),
+        None => (
+            StatusCode::NOT_FOUND,
+            "metrics recorder not installed\n".to_string(),
+        ),
+    }
+}

@@ -1,0 +1,20 @@
+//! RouteMQ node: a clustered MQTT message router.
+//!
+//! See `ARCHITECTURE.md` at the repository root for how the parts fit together. In short:
+//! - [`membership`]: gossip (chitchat), liveness hints;
+//! - [`config`]: the Raft-replicated cluster config, the authority on ownership;
+//! - [`ring`]: consistent hashing of keys to partitions to owners, a pure function of the config;
+//! - [`coordinator`]: what the Raft leader does to admit and remove nodes;
+//! - [`api`]: the gRPC cluster API; [`http`]: health, readiness and metrics;
+//! - [`node`]: start-up, wiring and shutdown; [`settings`]: flags, env and file.
+
+pub mod api;
+pub mod config;
+pub mod coordinator;
+pub mod datadir;
+pub mod http;
+pub mod membership;
+pub mod metrics;
+pub mod node;
+pub mod ring;
+pub mod settings;

@@ -1,0 +1,104 @@
+//! Prometheus metrics: names, descriptions, and the process-wide recorder.
+//!
+//! Every metric is prefixed `routemq_`. Gauges describing cluster state are set by the node's
+//! status loop ([`record_cluster_gauges`]); the HTTP server renders them at `/metrics`.
+
+use std::sync::OnceLock;
+
+use metrics::{describe_gauge, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Ownership epoch of the config applied on this node.
+pub const CONFIG_EPOCH: &str = "routemq_config_epoch";
+/// Last applied config log index.
+pub const CONFIG_APPLIED_INDEX: &str = "routemq_config_applied_index";
+/// Committed config log index known to this node.
+pub const CONFIG_COMMITTED_INDEX: &str = "routemq_config_committed_index";
+/// Current Raft term.
+pub const RAFT_TERM: &str = "routemq_raft_term";
+/// 1 if this node is the Raft leader.
+pub const RAFT_IS_LEADER: &str = "routemq_raft_is_leader";
+/// Ring members in the applied config.
+pub const RING_MEMBERS: &str = "routemq_ring_members";
+/// Partitions this node owns at the applied epoch.
+pub const PARTITIONS_OWNED: &str = "routemq_partitions_owned";
+/// Nodes gossip sees alive (self included).
+pub const GOSSIP_LIVE_NODES: &str = "routemq_gossip_live_nodes";
+/// Nodes gossip sees dead.
+pub const GOSSIP_DEAD_NODES: &str = "routemq_gossip_dead_nodes";
+/// 1 when `/ready` answers 200.
+pub const READY: &str = "routemq_ready";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder once per process and returns its handle (None if another
+/// recorder was installed first, e.g. by an embedding application).
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => {
+                describe();
+                Some(handle)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "prometheus recorder not installed; /metrics will be empty");
+                None
+            }
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!(CONFIG_EPOCH, "Ownership epoch of the config applied on this node");
+    describe_gauge!(CONFIG_APPLIED_INDEX, "Last applied config (Raft) log index");
+    describe_gauge!(
+        CONFIG_COMMITTED_INDEX,
+        "Committed config (Raft) log index known to this node"
+    );
+    describe_gauge!(RAFT_TERM, "Current Raft term");
+    describe_gauge!(RAFT_IS_LEADER, "1 if this node is the Raft leader");
+    describe_gauge!(RING_MEMBERS, "Ring members in the applied config");
+    describe_gauge!(PARTITIONS_OWNED, "Partitions this node owns at the applied epoch");
+    describe_gauge!(GOSSIP_LIVE_NODES, "Nodes gossip sees alive, self included");
+    describe_gauge!(GOSSIP_DEAD_NODES, "Nodes gossip sees dead");
+    describe_gauge!(READY, "1 when /ready answers 200");
+}
+
+/// Cluster-state figures sampled by the status loop.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterGauges {
+    /// Applied epoch.
+    pub epoch: u64,
+    /// Applied log index.
+    pub applied_index: u64,
+    /// Committed log index.
+    pub committed_index: u64,
+    /// Raft term.
+    pub term: u64,
+    /// Leader or not.
+    pub is_leader: bool,
+    /// Ring members.
+    pub members: usize,
+    /// Partitions owned here.
+    pub partitions_owned: u32,
+    /// Gossip live count.
+    pub live_nodes: usize,
+    /// Gossip dead count.
+    pub dead_nodes: usize,
+    /// Readiness.
+    pub ready: bool,
+}
+
+/// Publishes the sampled figures.
+pub fn record_cluster_gauges(g: &ClusterGauges) {
+    gauge!(CONFIG_EPOCH).set(g.epoch as f64);
+    gauge!(CONFIG_APPLIED_INDEX).set(g.applied_index as f64);
+    gauge!(CONFIG_COMMITTED_INDEX).set(g.committed_index as f64);
+    gauge!(RAFT_TERM).set(g.term as f64);
+    gauge!(RAFT_IS_LEADER).set(if g.is_leader { 1.0 } else { 0.0 });
+    gauge!(RING_MEMBERS).set(g.members as f64);
+    gauge!(PARTITIONS_OWNED).set(f64::from(g.partitions_owned));
+    gauge!(GOSSIP_LIVE_NODES).set(g.live_nodes as f64);
+    gauge!(GOSSIP_DEAD_NODES).set(g.dead_nodes as f64);
+    gauge!(READY).set(if g.ready { 1.0 } else { 0.0 });
+}

@@ -1,0 +1,627 @@
+//! A RouteMQ node: wires the parts together and runs them until shutdown.
+//!
+//! Start-up order matters and is checked step by step, each failure a clear [`NodeError`]:
+//! 1. lock the data directory and read its identity (refusing another node's directory);
+//! 2. bind the gRPC and HTTP listeners (an occupied port is an error, not a retry);
+//! 3. open RocksDB and start the Raft member of the config group;
+//! 4. start gossip (binds the UDP port) announcing this node;
+//! 5. serve gRPC (cluster API, Raft transport, health, reflection) and HTTP;
+//! 6. bootstrap a new cluster, or join one through the seeds, or simply resume as the member
+//!    the data directory says this node is;
+//! 7. run the status loop (gossip the Raft view, readiness, metrics, leader duties) until the
+//!    shutdown future completes, then stop every task and wait for it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use routemq_proto::v1 as pb;
+use routemq_proto::v1::cluster_client::ClusterClient;
+use routemq_proto::v1::cluster_server::ClusterServer;
+use routemq_proto::v1::raft_transport_server::RaftTransportServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ClusterApi;
+use crate::config::network::{lazy_channel, RaftTransportService};
+use crate::config::state::{Command, Member};
+use crate::config::{store, ConfigService, RaftTiming};
+use crate::coordinator::Coordinator;
+use crate::datadir::{DataDir, DataDirError};
+use crate::http::Readiness;
+use crate::membership::{GossipSettings, Lifecycle, Membership, MembershipError, SelfInfo};
+use crate::metrics::ClusterGauges;
+use crate::settings::Settings;
+
+/// Fatal errors of a node. Each names what failed and, where possible, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The data directory cannot be used.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// A listener could not be bound.
+    #[error("cannot listen for {what} on {addr}: {source}{}", in_use_hint(.source))]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Gossip could not start.
+    #[error(transparent)]
+    Gossip(#[from] MembershipError),
+    /// The Raft database could not be opened.
+    #[error("cannot open the raft database in {path}: {message}")]
+    Storage {
+        /// The path.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// Raft or config failure at start.
+    #[error("config raft: {0}")]
+    Raft(String),
+    /// The cluster refused this node.
+    #[error("the cluster refused to admit this node: {0}")]
+    JoinRejected(String),
+    /// The data directory belongs to another cluster than the seeds'.
+    #[error("data directory {path} belongs to cluster {ours}, but the seeds gossip cluster {theirs}; use an empty data directory to join that cluster")]
+    OtherCluster {
+        /// The directory.
+        path: String,
+        /// Its cluster id.
+        ours: String,
+        /// The seeds' cluster id.
+        theirs: String,
+    },
+    /// A server task failed.
+    #[error("{what} server failed: {message}")]
+    Server {
+        /// Which server.
+        what: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+fn in_use_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        " (is another routemq node or program using this port?)"
+    } else {
+        ""
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { what, addr, source })
+}
+
+/// Runs a node until `shutdown` completes. Returns when every task it started has ended.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    let mut data_dir = DataDir::open(&settings.data_dir, &settings.node_id)?;
+    let identity = data_dir.identity().clone();
+    tracing::info!(node = %settings.node_id, raft_id = identity.raft_id, data_dir = %settings.data_dir.display(),
+        cluster_id = %identity.cluster_id, "starting routemq node");
+
+    let grpc_listener = bind("gRPC", settings.grpc_listen).await?;
+    let http_listener = bind("HTTP", settings.http_listen).await?;
+
+    let raft_dir = data_dir.raft_dir();
+    let db = store::open_db(&raft_dir).map_err(|e| NodeError::Storage {
+        path: raft_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let initialized = store::has_raft_state(&db).map_err(|e| NodeError::Storage {
+        path: raft_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    if !initialized && !identity.cluster_id.is_empty() {
+        // Identity says we belonged to a cluster, but the Raft state is gone: refuse rather than
+        // silently becoming a stranger with the same raft id.
+        return Err(NodeError::Storage {
+            path: raft_dir.display().to_string(),
+            message: format!(
+                "the directory belongs to cluster {} but its Raft state is missing; wipe the whole data directory to join afresh",
+                identity.cluster_id
+            ),
+        });
+    }
+
+    let timing = RaftTiming {
+        heartbeat: settings.raft_heartbeat,
+        election_timeout: settings.raft_election_timeout,
+    };
+    let config = Arc::new(
+        ConfigService::start(identity.raft_id, db, timing)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?,
+    );
+
+    let generation = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let gossip_settings = GossipSettings {
+        node_id: settings.node_id.clone(),
+        generation,
+        listen_addr: settings.gossip_listen,
+        advertise_addr: settings.gossip_advertise,
+        seeds: settings.seeds.clone(),
+        cluster_name: settings.cluster_name.clone(),
+        interval: settings.gossip_interval,
+        phi_threshold: settings.phi_threshold,
+    };
+    let is_member = config
+        .local_view()
+        .state
+        .config
+        .member_by_raft_id(identity.raft_id)
+        .is_some();
+    let membership = match Membership::spawn(
+        &gossip_settings,
+        &SelfInfo {
+            grpc_addr: settings.grpc_advertise.to_string(),
+            http_addr: settings.http_advertise.to_string(),
+            raft_id: identity.raft_id,
+            cluster_id: identity.cluster_id.clone(),
+            lifecycle: if is_member {
+                Lifecycle::Active
+            } else {
+                Lifecycle::Joining
+            },
+        },
+    )
+    .await
+    {
+        Ok(membership) => Arc::new(membership),
+        Err(e) => {
+            config.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    tracing::info!(
+        gossip = %settings.gossip_advertise,
+        detection = ?gossip_settings.expected_detection_time(),
+        "gossiping; a silent peer is marked dead after about the detection time"
+    );
+
+    let coordinator = Arc::new(Coordinator::new(config.clone(), membership.clone()));
+    let cancel = CancellationToken::new();
+    let mut tasks: JoinSet<Result<(), NodeError>> = JoinSet::new();
+    let (readiness_tx, readiness_rx) = watch::channel(Readiness {
+        reason: "starting".into(),
+        ..Default::default()
+    });
+
+    // gRPC: must run before bootstrap/join, since the leader replicates to us over it.
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(routemq_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| NodeError::Server {
+            what: "gRPC reflection",
+            message: e.to_string(),
+        })?;
+    let api = ClusterApi::new(
+        settings.node_id.clone(),
+        config.clone(),
+        membership.clone(),
+        coordinator.clone(),
+    );
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ClusterServer::new(api))
+        .add_service(
+            RaftTransportServer::new(RaftTransportService::new(config.raft().clone()))
+                .max_decoding_message_size(64 << 20),
+        );
+    {
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            grpc_server
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                    cancel.cancelled_owned(),
+                )
+                .await
+                .map_err(|e| NodeError::Server {
+                    what: "gRPC",
+                    message: e.to_string(),
+                })
+        });
+    }
+    {
+        let cancel = cancel.clone();
+        let node_id = settings.node_id.clone();
+        let prometheus = crate::metrics::install();
+        tasks.spawn(async move {
+            crate::http::serve(http_listener, node_id, readiness_rx, prometheus, cancel)
+                .await
+                .map_err(|e| NodeError::Server {
+                    what: "HTTP",
+                    message: e.to_string(),
+                })
+        });
+    }
+
+    let result = async {
+        tokio::select! {
+            r = enter_cluster(&settings, &mut data_dir, initialized, &config, &membership) => r?,
+            _ = cancel.cancelled() => return Ok(()),
+        }
+        membership.set_lifecycle(Lifecycle::Active).await;
+        Ok::<(), NodeError>(())
+    };
+    let shutdown = async move {
+        shutdown.await;
+    };
+    tokio::pin!(shutdown);
+    let entered = tokio::select! {
+        r = result => r,
+        _ = &mut shutdown => Ok(()),
+        Some(Ok(Err(e))) = tasks.join_next() => Err(e),
+    };
+
+    let outcome = match entered {
+        Err(e) => Err(e),
+        Ok(()) if cancel.is_cancelled() => Ok(()),
+        Ok(()) => {
+            let status_loop = StatusLoop {
+                node_id: settings.node_id.clone(),
+                config: config.clone(),
+                membership: membership.clone(),
+                coordinator: coordinator.clone(),
+                readiness: readiness_tx,
+                health: health_reporter,
+            };
+            tokio::select! {
+                _ = &mut shutdown => Ok(()),
+                _ = status_loop.run(cancel.clone()) => Ok(()),
+                Some(joined) = tasks.join_next() => match joined {
+                    Ok(Err(e)) => Err(e),
+                    Ok(Ok(())) => Ok(()),
+                    Err(e) => Err(NodeError::Server { what: "node", message: e.to_string() }),
+                },
+            }
+        }
+    };
+
+    tracing::info!("shutting down");
+    membership.set_lifecycle(Lifecycle::Leaving).await;
+    cancel.cancel();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(Err(e)) = joined {
+            tracing::warn!(error = %e, "task ended with an error during shutdown");
+        }
+    }
+    config.shutdown().await;
+    drop(coordinator);
+    if let Ok(membership) = Arc::try_unwrap(membership) {
+        membership.shutdown().await;
+    }
+    tracing::info!("stopped");
+    outcome
+}
+
+/// Bootstraps, joins, or resumes membership. Returns once this node is a ring member.
+async fn enter_cluster(
+    settings: &Settings,
+    data_dir: &mut DataDir,
+    initialized: bool,
+    config: &Arc<ConfigService>,
+    membership: &Arc<Membership>,
+) -> Result<(), NodeError> {
+    let identity = data_dir.identity().clone();
+    let me = Member {
+        node_id: settings.node_id.clone(),
+        raft_id: identity.raft_id,
+        grpc_addr: settings.grpc_advertise.to_string(),
+        gossip_addr: settings.gossip_advertise.to_string(),
+        http_addr: settings.http_advertise.to_string(),
+        weight: settings.weight,
+    };
+    if initialized {
+        if !identity.cluster_id.is_empty() && !settings.seeds.is_empty() {
+            check_seeds_cluster(data_dir, membership).await?;
+        }
+        tracing::info!(cluster_id = %identity.cluster_id, "resuming as an existing member");
+        wait_until_member(config, &me).await;
+        return Ok(());
+    }
+    if settings.bootstrap {
+        bootstrap(settings, data_dir, config, membership, me).await
+    } else {
+        join(settings, data_dir, config, membership, me).await
+    }
+}
+
+/// Fails if the seeds gossip another cluster id than the data directory's.
+async fn check_seeds_cluster(data_dir: &DataDir, membership: &Membership) -> Result<(), NodeError> {
+    let ours = data_dir.identity().cluster_id.clone();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let peers = membership.peers().await;
+        let others: Vec<String> = peers
+            .iter()
+            .filter(|p| p.alive && p.node_id != data_dir.identity().node_id)
+            .filter_map(|p| p.cluster_id.clone())
+            .collect();
+        if others.iter().any(|c| *c == ours) {
+            return Ok(());
+        }
+        if let Some(theirs) = others.into_iter().next() {
+            return Err(NodeError::OtherCluster {
+                path: data_dir.path().display().to_string(),
+                ours,
+                theirs,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nobody answered: we may be the first to restart. Raft will sort it out.
+    Ok(())
+}
+
+async fn wait_until_member(config: &ConfigService, me: &Member) {
+    let mut applied = config.subscribe();
+    let mut warned = Instant::now();
+    loop {
+        if applied.borrow().config.member_by_raft_id(me.raft_id).is_some() {
+            return;
+        }
+        if warned.elapsed() > Duration::from_secs(10) {
+            tracing::warn!("not a ring member in the applied config yet; waiting for the leader");
+            warned = Instant::now();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), applied.changed()).await;
+    }
+}
+
+async fn bootstrap(
+    settings: &Settings,
+    data_dir: &mut DataDir,
+    config: &ConfigService,
+    membership: &Membership,
+    me: Member,
+) -> Result<(), NodeError> {
+    let cluster_id = uuid::Uuid::new_v4().to_string();
+    tracing::info!(%cluster_id, partitions = settings.ring.partitions, vnodes = settings.ring.vnodes_per_weight,
+        "bootstrapping a new cluster");
+    let mut nodes = std::collections::BTreeMap::new();
+    nodes.insert(me.raft_id, openraft::BasicNode::new(&me.grpc_addr));
+    config
+        .raft()
+        .initialize(nodes)
+        .await
+        .map_err(|e| NodeError::Raft(format!("initialize: {e}")))?;
+    // A single voter elects itself at once; wait for it before proposing.
+    let mut metrics = config.raft().metrics();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        metrics.wait_for(|m| m.current_leader == Some(me.raft_id)),
+    )
+    .await
+    .map_err(|_| NodeError::Raft("no leadership 30 s after initializing".into()))?
+    .map_err(|_| NodeError::Raft("raft stopped".into()))?;
+    let epoch = config
+        .propose(Command::Bootstrap {
+            cluster_id: cluster_id.clone(),
+            ring: settings.ring,
+            max_voters: settings.max_voters,
+            first: me,
+        })
+        .await
+        .map_err(|e| NodeError::Raft(format!("bootstrap: {e}")))?;
+    data_dir.set_cluster_id(&cluster_id)?;
+    membership.set_cluster_id(&cluster_id).await;
+    tracing::info!(%cluster_id, epoch, "cluster bootstrapped");
+    Ok(())
+}
+
+async fn join(
+    settings: &Settings,
+    data_dir: &mut DataDir,
+    config: &ConfigService,
+    membership: &Membership,
+    me: Member,
+) -> Result<(), NodeError> {
+    let mut backoff = Duration::from_millis(200);
+    let started = Instant::now();
+    let mut hinted: Option<String> = None;
+    loop {
+        let target = match hinted.take() {
+            Some(addr) => Some(addr),
+            None => leader_grpc_addr(membership, &me.node_id).await,
+        };
+        let Some(target) = target else {
+            if started.elapsed() > Duration::from_secs(2) {
+                tracing::warn!(seeds = ?settings.seeds, retry_in = ?backoff,
+                    "no RouteMQ node reachable through the seeds yet; retrying");
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
+        };
+        tracing::info!(via = %target, "asking to join the cluster");
+        match request_join(&target, &me, &data_dir.identity().cluster_id).await {
+            Ok(response) => {
+                data_dir.set_cluster_id(&response.cluster_id)?;
+                membership.set_cluster_id(&response.cluster_id).await;
+                tracing::info!(cluster_id = %response.cluster_id, epoch = response.epoch, voter = response.voter, "joined");
+                wait_until_member(config, &me).await;
+                return Ok(());
+            }
+            Err(status) => match status.code() {
+                tonic::Code::AlreadyExists | tonic::Code::PermissionDenied | tonic::Code::InvalidArgument => {
+                    return Err(NodeError::JoinRejected(status.message().to_string()));
+                }
+                tonic::Code::FailedPrecondition => {
+                    hinted = status
+                        .metadata()
+                        .get(routemq_proto::LEADER_ADDR_METADATA)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    if hinted.is_none() {
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+                _ => {
+                    tracing::warn!(via = %target, error = %status.message(), retry_in = ?backoff, "join attempt failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            },
+        }
+    }
+}
+
+/// The gRPC address of the Raft leader as gossip reports it, or of any live peer.
+async fn leader_grpc_addr(membership: &Membership, self_id: &str) -> Option<String> {
+    let peers = membership.peers().await;
+    let others: Vec<_> = peers.iter().filter(|p| p.alive && p.node_id != self_id).collect();
+    let leader = others.iter().find_map(|p| p.raft_leader).and_then(|leader| {
+        others
+            .iter()
+            .find(|p| p.raft_id == Some(leader))
+            .and_then(|p| p.grpc_addr.clone())
+    });
+    leader.or_else(|| others.iter().find_map(|p| p.grpc_addr.clone()))
+}
+
+async fn request_join(
+    target: &str,
+    me: &Member,
+    cluster_id: &str,
+) -> Result<pb::JoinResponse, tonic::Status> {
+    let channel = lazy_channel(target).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = ClusterClient::new(channel);
+    let mut request = tonic::Request::new(pb::JoinRequest {
+        node_id: me.node_id.clone(),
+        raft_id: me.raft_id,
+        cluster_id: cluster_id.to_string(),
+        grpc_addr: me.grpc_addr.clone(),
+        gossip_addr: me.gossip_addr.clone(),
+        http_addr: me.http_addr.clone(),
+        weight: me.weight,
+    });
+    request.set_timeout(Duration::from_secs(45));
+    client.join(request).await.map(|r| r.into_inner())
+}
+
+/// Periodic work once the node is a member: gossip the Raft view, compute readiness, publish
+/// metrics, and on the leader keep Raft membership in line with the ring.
+struct StatusLoop {
+    node_id: String,
+    config: Arc<ConfigService>,
+    membership: Arc<Membership>,
+    coordinator: Arc<Coordinator>,
+    readiness: watch::Sender<Readiness>,
+    health: tonic_health::server::HealthReporter,
+}
+
+impl StatusLoop {
+    async fn run(self, cancel: CancellationToken) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(250));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_reconcile = Instant::now();
+        let mut was_ready = None;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let metrics = self.config.metrics();
+            let view = self.config.local_view();
+            let committed = self.config.committed_index();
+            self.membership
+                .set_raft_view(metrics.current_leader, committed)
+                .await;
+            let peers = self.membership.peers().await;
+            let member = view
+                .state
+                .config
+                .member_by_raft_id(self.config.raft_id())
+                .is_some();
+            let leader_committed = metrics
+                .current_leader
+                .and_then(|leader| peers.iter().find(|p| p.raft_id == Some(leader)))
+                .and_then(|p| p.committed)
+                .unwrap_or(0);
+            let applied = view.applied_index();
+            let leader_known = metrics.current_leader.is_some();
+            let (ready, reason) = if !member {
+                (false, "not a ring member in the applied config".to_string())
+            } else if !leader_known {
+                (false, "no Raft leader known".to_string())
+            } else if applied < leader_committed {
+                (
+                    false,
+                    format!("config catching up: applied {applied} of {leader_committed}"),
+                )
+            } else {
+                (true, "ready".to_string())
+            };
+            if was_ready != Some(ready) {
+                tracing::info!(ready, %reason, "readiness changed");
+                let status = if ready {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                self.health.set_service_status("", status).await;
+                self.health.set_service_status("routemq.v1.Cluster", status).await;
+                was_ready = Some(ready);
+            }
+            self.readiness.send_replace(Readiness {
+                ready,
+                reason,
+                member,
+                leader_known,
+                applied_index: applied,
+                leader_committed_index: leader_committed,
+            });
+            self.membership
+                .set_lifecycle(if member {
+                    Lifecycle::Active
+                } else {
+                    Lifecycle::Joining
+                })
+                .await;
+            let owned = view
+                .ring
+                .partitions_per_node()
+                .get(self.node_id.as_str())
+                .copied()
+                .unwrap_or(0);
+            self.membership.set_load(u64::from(owned)).await;
+            let is_leader = self.config.is_leader();
+            crate::metrics::record_cluster_gauges(&ClusterGauges {
+                epoch: view.state.config.epoch,
+                applied_index: applied,
+                committed_index: committed,
+                term: metrics.current_term,
+                is_leader,
+                members: view.state.config.members.len(),
+                partitions_owned: owned,
+                live_nodes: peers.iter().filter(|p| p.alive).count(),
+                dead_nodes: peers.iter().filter(|p| !p.alive).count(),
+                ready,
+            });
+            if is_leader && last_reconcile.elapsed() > Duration::from_secs(2) {
+                last_reconcile = Instant::now();
+                if let Err(e) = self.coordinator.reconcile().await {
+                    tracing::warn!(error = %e, "could not reconcile raft membership");
+                }
+            }
+        }
+    }
+}

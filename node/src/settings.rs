@@ -1,0 +1,477 @@
+//! Node settings: command-line flags, `ROUTEMQ_*` environment variables and a TOML file, in
+//! that order of precedence, over built-in defaults.
+//!
+//! [`StartArgs`] is the clap view (every field optional so that "not given" is visible),
+//! [`FileSettings`] the TOML view (unknown keys are errors, so a typo never goes unnoticed),
+//! and [`Settings::resolve`] merges them and validates the result into plain values.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::config::state::{validate_node_id, DEFAULT_MAX_VOTERS, MAX_WEIGHT};
+use crate::ring::RingParams;
+
+/// Flags of `routemq start`. Each also reads `ROUTEMQ_<NAME>` from the environment.
+#[derive(Debug, Clone, Default, Args)]
+pub struct StartArgs {
+    /// TOML file with settings (keys as the flags, with underscores).
+    #[arg(long, env = "ROUTEMQ_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Node id, unique in the cluster: letters, digits, '-', '_', '.'.
+    #[arg(long, env = "ROUTEMQ_NODE_ID")]
+    pub node_id: Option<String>,
+    /// gRPC listen address (cluster API, forwarding, Raft) [default: 127.0.0.1:7001].
+    #[arg(long, env = "ROUTEMQ_GRPC", value_name = "ADDR")]
+    pub grpc: Option<SocketAddr>,
+    /// Gossip (UDP) listen address [default: 127.0.0.1:7101].
+    #[arg(long, env = "ROUTEMQ_GOSSIP", value_name = "ADDR")]
+    pub gossip: Option<SocketAddr>,
+    /// HTTP listen address (/metrics, /health, /ready) [default: 127.0.0.1:7201].
+    #[arg(long, env = "ROUTEMQ_HTTP", value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Host or IP peers use to reach this node, when listening on 0.0.0.0 [default: the listen IP].
+    #[arg(long, env = "ROUTEMQ_ADVERTISE_HOST", value_name = "HOST")]
+    pub advertise_host: Option<String>,
+    /// Data directory [default: data/<node-id>].
+    #[arg(long, env = "ROUTEMQ_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Gossip address of a node to join through (host:port; repeatable, or comma-separated).
+    #[arg(
+        long = "seed",
+        env = "ROUTEMQ_SEEDS",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub seeds: Vec<String>,
+    /// Create a new cluster with this node as its first member (only with an empty data dir).
+    #[arg(long, env = "ROUTEMQ_BOOTSTRAP")]
+    pub bootstrap: bool,
+    /// Partitions of a new cluster (power of two; bootstrap only) [default: 16384].
+    #[arg(long, env = "ROUTEMQ_PARTITIONS")]
+    pub partitions: Option<u32>,
+    /// Virtual nodes per unit of weight (bootstrap only) [default: 512].
+    #[arg(long, env = "ROUTEMQ_VNODES_PER_WEIGHT")]
+    pub vnodes_per_weight: Option<u32>,
+    /// Cap on Raft voters; further nodes are learners (bootstrap only) [default: 5].
+    #[arg(long, env = "ROUTEMQ_MAX_VOTERS")]
+    pub max_voters: Option<u32>,
+    /// This node's weight: its share of partitions relative to others [default: 1].
+    #[arg(long, env = "ROUTEMQ_WEIGHT")]
+    pub weight: Option<u32>,
+    /// Gossip namespace; nodes with another name ignore each other [default: routemq].
+    #[arg(long, env = "ROUTEMQ_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    /// Milliseconds between gossip rounds [default: 100].
+    #[arg(long, env = "ROUTEMQ_GOSSIP_INTERVAL_MS")]
+    pub gossip_interval_ms: Option<u64>,
+    /// Phi threshold of the failure detector [default: 8].
+    #[arg(long, env = "ROUTEMQ_PHI_THRESHOLD")]
+    pub phi_threshold: Option<f64>,
+    /// Raft heartbeat interval in milliseconds [default: 150].
+    #[arg(long, env = "ROUTEMQ_RAFT_HEARTBEAT_MS")]
+    pub raft_heartbeat_ms: Option<u64>,
+    /// Raft minimum election timeout in milliseconds (max is twice) [default: 750].
+    #[arg(long, env = "ROUTEMQ_RAFT_ELECTION_TIMEOUT_MS")]
+    pub raft_election_timeout_ms: Option<u64>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "ROUTEMQ_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The TOML settings file. Keys mirror the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    node_id: Option<String>,
+    grpc: Option<SocketAddr>,
+    gossip: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    advertise_host: Option<String>,
+    data_dir: Option<PathBuf>,
+    seeds: Option<Vec<String>>,
+    bootstrap: Option<bool>,
+    partitions: Option<u32>,
+    vnodes_per_weight: Option<u32>,
+    max_voters: Option<u32>,
+    weight: Option<u32>,
+    cluster_name: Option<String>,
+    gossip_interval_ms: Option<u64>,
+    phi_threshold: Option<f64>,
+    raft_heartbeat_ms: Option<u64>,
+    raft_election_timeout_ms: Option<u64>,
+    log_format: Option<LogFormat>,
+}
+
+/// Errors in settings: all fatal at start, all naming what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys or wrong types.
+    #[error("malformed config file {path}: {message}")]
+    ParseFile {
+        /// The path.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A required setting is missing.
+    #[error("missing setting: {0}")]
+    Missing(&'static str),
+    /// A setting has an invalid value.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// Which setting.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Resolved, validated node settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Node id.
+    pub node_id: String,
+    /// gRPC listen address.
+    pub grpc_listen: SocketAddr,
+    /// gRPC address advertised to peers and clients.
+    pub grpc_advertise: SocketAddr,
+    /// Gossip listen address.
+    pub gossip_listen: SocketAddr,
+    /// Gossip address advertised to peers.
+    pub gossip_advertise: SocketAddr,
+    /// HTTP listen address.
+    pub http_listen: SocketAddr,
+    /// HTTP address advertised to peers.
+    pub http_advertise: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Gossip seeds.
+    pub seeds: Vec<String>,
+    /// Bootstrap a new cluster.
+    pub bootstrap: bool,
+    /// Ring parameters for bootstrap.
+    pub ring: RingParams,
+    /// Voter cap for bootstrap.
+    pub max_voters: u32,
+    /// This node's weight.
+    pub weight: u32,
+    /// Gossip namespace.
+    pub cluster_name: String,
+    /// Gossip interval.
+    pub gossip_interval: Duration,
+    /// Failure detector threshold.
+    pub phi_threshold: f64,
+    /// Raft heartbeat interval.
+    pub raft_heartbeat: Duration,
+    /// Raft minimum election timeout.
+    pub raft_election_timeout: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl FileSettings {
+    /// Reads and parses a settings file.
+    pub fn load(path: &Path) -> Result<Self, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses settings from TOML text (`path` is only used in error messages).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, SettingsError> {
+        toml::from_str(text).map_err(|e| SettingsError::ParseFile {
+            path: path.to_path_buf(),
+            message: e.to_string().trim().replace('\n', " "),
+        })
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl Settings {
+    /// Merges flags/env over the file (if `args.config` names one) over defaults.
+    pub fn resolve(args: StartArgs) -> Result<Self, SettingsError> {
+        let file = match &args.config {
+            Some(path) => FileSettings::load(path)?,
+            None => FileSettings::default(),
+        };
+        Self::merge(args, file)
+    }
+
+    /// Merges flags/env (`args`) over `file` over defaults, and validates.
+    pub fn merge(args: StartArgs, file: FileSettings) -> Result<Self, SettingsError> {
+        let node_id = args.node_id.or(file.node_id).ok_or(SettingsError::Missing(
+            "node id (--node-id, ROUTEMQ_NODE_ID or node_id in the config file)",
+        ))?;
+        validate_node_id(&node_id).map_err(|e| invalid("node id", e.to_string()))?;
+        let grpc_listen = args.grpc.or(file.grpc).unwrap_or(([127, 0, 0, 1], 7001).into());
+        let gossip_listen = args
+            .gossip
+            .or(file.gossip)
+            .unwrap_or(([127, 0, 0, 1], 7101).into());
+        let http_listen = args.http.or(file.http).unwrap_or(([127, 0, 0, 1], 7201).into());
+        let ports = [grpc_listen.port(), gossip_listen.port(), http_listen.port()];
+        if ports[0] == ports[2] && grpc_listen.ip() == http_listen.ip() {
+            return Err(invalid("addresses", "the gRPC and HTTP addresses must differ"));
+        }
+        let advertise_ip = match args.advertise_host.or(file.advertise_host) {
+            Some(host) => Some(resolve_host(&host)?),
+            None => None,
+        };
+        let advertise = |listen: SocketAddr, field: &'static str| -> Result<SocketAddr, SettingsError> {
+            match advertise_ip {
+                Some(ip) => Ok(SocketAddr::new(ip, listen.port())),
+                None if listen.ip().is_unspecified() => Err(invalid(
+                    field,
+                    format!("{listen} listens on every interface; set --advertise-host to the address peers should use"),
+                )),
+                None => Ok(listen),
+            }
+        };
+        let seeds: Vec<String> = if args.seeds.is_empty() {
+            file.seeds.unwrap_or_default()
+        } else {
+            args.seeds
+        };
+        let seeds: Vec<String> = seeds
+            .into_iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for seed in &seeds {
+            validate_seed(seed)?;
+        }
+        let bootstrap = args.bootstrap || file.bootstrap.unwrap_or(false);
+        if !bootstrap && seeds.is_empty() {
+            return Err(SettingsError::Missing(
+                "--seed (gossip address of a running node) or --bootstrap (to start a new cluster)",
+            ));
+        }
+        let ring = RingParams {
+            partitions: args
+                .partitions
+                .or(file.partitions)
+                .unwrap_or(RingParams::default().partitions),
+            vnodes_per_weight: args
+                .vnodes_per_weight
+                .or(file.vnodes_per_weight)
+                .unwrap_or(RingParams::default().vnodes_per_weight),
+        };
+        ring.validate()
+            .map_err(|e| invalid("ring parameters", e.to_string()))?;
+        let max_voters = args.max_voters.or(file.max_voters).unwrap_or(DEFAULT_MAX_VOTERS);
+        if !(1..=9).contains(&max_voters) {
+            return Err(invalid("max voters", format!("{max_voters} is not in 1..=9")));
+        }
+        let weight = args.weight.or(file.weight).unwrap_or(1);
+        if !(1..=MAX_WEIGHT).contains(&weight) {
+            return Err(invalid("weight", format!("{weight} is not in 1..={MAX_WEIGHT}")));
+        }
+        let gossip_interval_ms = args.gossip_interval_ms.or(file.gossip_interval_ms).unwrap_or(100);
+        if !(10..=10_000).contains(&gossip_interval_ms) {
+            return Err(invalid(
+                "gossip interval",
+                format!("{gossip_interval_ms} ms is not in 10..=10000"),
+            ));
+        }
+        let phi_threshold = args.phi_threshold.or(file.phi_threshold).unwrap_or(8.0);
+        if !(phi_threshold.is_finite() && (1.0..=100.0).contains(&phi_threshold)) {
+            return Err(invalid(
+                "phi threshold",
+                format!("{phi_threshold} is not in 1..=100"),
+            ));
+        }
+        let raft_heartbeat_ms = args.raft_heartbeat_ms.or(file.raft_heartbeat_ms).unwrap_or(150);
+        let raft_election_timeout_ms = args
+            .raft_election_timeout_ms
+            .or(file.raft_election_timeout_ms)
+            .unwrap_or(750);
+        if !(10..=10_000).contains(&raft_heartbeat_ms) || raft_election_timeout_ms < 3 * raft_heartbeat_ms {
+            return Err(invalid(
+                "raft timing",
+                format!(
+                    "heartbeat {raft_heartbeat_ms} ms must be in 10..=10000 and the election timeout \
+                     ({raft_election_timeout_ms} ms) at least 3 heartbeats"
+                ),
+            ));
+        }
+        let cluster_name = args
+            .cluster_name
+            .or(file.cluster_name)
+            .unwrap_or_else(|| "routemq".into());
+        if cluster_name.is_empty() {
+            return Err(invalid("cluster name", "must not be empty"));
+        }
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("data").join(&node_id));
+        Ok(Settings {
+            grpc_advertise: advertise(grpc_listen, "grpc address")?,
+            gossip_advertise: advertise(gossip_listen, "gossip address")?,
+            http_advertise: advertise(http_listen, "http address")?,
+            node_id,
+            grpc_listen,
+            gossip_listen,
+            http_listen,
+            data_dir,
+            seeds,
+            bootstrap,
+            ring,
+            max_voters,
+            weight,
+            cluster_name,
+            gossip_interval: Duration::from_millis(gossip_interval_ms),
+            phi_threshold,
+            raft_heartbeat: Duration::from_millis(raft_heartbeat_ms),
+            raft_election_timeout: Duration::from_millis(raft_election_timeout_ms),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+        })
+    }
+}
+
+fn resolve_host(host: &str) -> Result<IpAddr, SettingsError> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    (host, 0)
+        .to_socket_addrs()
+        .map_err(|e| invalid("advertise host", format!("cannot resolve {host:?}: {e}")))?
+        .map(|a| a.ip())
+        .next()
+        .ok_or_else(|| invalid("advertise host", format!("{host:?} resolves to no address")))
+}
+
+fn validate_seed(seed: &str) -> Result<(), SettingsError> {
+    let valid = match seed.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().map(|p| p != 0).unwrap_or(false),
+        None => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid("seed", format!("{seed:?} is not host:port")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(node_id: &str) -> StartArgs {
+        StartArgs {
+            node_id: Some(node_id.into()),
+            bootstrap: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let file = FileSettings::parse(
+            Path::new("t.toml"),
+            "node_id = \"from-file\"\ngrpc = \"127.0.0.1:9001\"\nhttp = \"127.0.0.1:9201\"\nweight = 3\n",
+        )
+        .unwrap();
+        let settings = Settings::merge(args("from-flag"), file).unwrap();
+        assert_eq!(settings.node_id, "from-flag");
+        assert_eq!(settings.grpc_listen.port(), 9001);
+        assert_eq!(settings.http_listen.port(), 9201);
+        assert_eq!(settings.gossip_listen.port(), 7101);
+        assert_eq!(settings.weight, 3);
+        assert_eq!(settings.data_dir, PathBuf::from("data/from-flag"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_are_errors() {
+        let err = FileSettings::parse(Path::new("t.toml"), "nodeid = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let err = FileSettings::parse(Path::new("t.toml"), "grpc = 5").unwrap_err();
+        assert!(err.to_string().contains("t.toml"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let cases = [
+            StartArgs {
+                node_id: Some("bad id".into()),
+                ..args("x")
+            },
+            StartArgs {
+                weight: Some(0),
+                ..args("n1")
+            },
+            StartArgs {
+                partitions: Some(1000),
+                ..args("n1")
+            },
+            StartArgs {
+                seeds: vec!["nohost".into()],
+                ..args("n1")
+            },
+            StartArgs {
+                bootstrap: false,
+                ..args("n1")
+            },
+            StartArgs {
+                grpc: Some("0.0.0.0:7001".parse().unwrap()),
+                ..args("n1")
+            },
+            StartArgs {
+                phi_threshold: Some(f64::NAN),
+                ..args("n1")
+            },
+        ];
+        for case in cases {
+            let debug = format!("{case:?}");
+            assert!(
+                Settings::merge(case, FileSettings::default()).is_err(),
+                "accepted {debug}"
+            );
+        }
+    }
+
+    #[test]
+    fn advertise_host_replaces_unspecified_listen_ip() {
+        let settings = Settings::merge(
+            StartArgs {
+                grpc: Some("0.0.0.0:7001".parse().unwrap()),
+                advertise_host: Some("127.0.0.2".into()),
+                ..args("n1")
+            },
+            FileSettings::default(),
+        )
+        .unwrap();
+        assert_eq!(settings.grpc_advertise, "127.0.0.2:7001".parse().unwrap());
+    }
+}

@@ -1,0 +1,47 @@
+# Shared by the scripts in scripts/: dependency checks and the cargo target directory.
+# Source it; it defines functions and exports CARGO_TARGET_DIR.
+
+# Builds persist outside the clone, so a fresh checkout (and CI) reuses compiled RocksDB.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/routemq/target}"
+ROUTEMQ_BIN_DIR="$CARGO_TARGET_DIR/debug"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+apt_updated=0
+apt_install() {
+    # Installs Debian packages when we can (root + apt-get); otherwise says what to install.
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        if [ "$apt_updated" = 0 ]; then
+            say "apt-get update"
+            apt-get update -qq >/dev/null || die "apt-get update failed"
+            apt_updated=1
+        fi
+        say "installing $*"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null || die "apt-get install $* failed"
+    else
+        die "missing system packages: $* (install them, e.g. 'sudo apt-get install $*', and run again)"
+    fi
+}
+
+# RocksDB's bindings need libclang at build time; the protobuf compiler is vendored.
+ensure_build_deps() {
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (https://rustup.rs)"
+    if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so'; then
+        apt_install libclang-dev
+    fi
+    command -v c++ >/dev/null 2>&1 || apt_install g++
+}
+
+# Tests need a real MQTT broker (Mosquitto) and the fault tests iproute2/iptables.
+ensure_test_deps() {
+    ensure_build_deps
+    command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_install mosquitto
+    command -v ip >/dev/null 2>&1 || apt_install iproute2
+    command -v curl >/dev/null 2>&1 || apt_install curl
+}
+
+build_binaries() {
+    say "building routemq and routemq-ctl (first build compiles RocksDB: ~10-15 min on 2 cores)"
+    cargo build --locked -p routemq-node -p routemq-client --bins
+}

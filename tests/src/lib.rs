@@ -1,0 +1,398 @@
+//! Test harness: real `routemq` processes on loopback, driven through the client library.
+//!
+//! Each [`TestCluster`] gets its own loopback subnet (`127.a.b.0/24`, derived from the test
+//! process id and a counter), and node `i` listens on `127.a.b.(i+1)` with fixed ports
+//! (gRPC 7001, gossip 7101, HTTP 7201). Parallel tests therefore never compete for ports.
+//! Data directories live in a temp dir that is removed afterwards; node logs are kept in it
+//! and printed when a test fails through [`TestCluster::dump_logs`].
+//!
+//! Binaries come from `$ROUTEMQ_BIN_DIR`, else `$CARGO_TARGET_DIR/debug`, else
+//! `target/debug`; `scripts/test.sh` builds them first.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use routemq_client::Client;
+use routemq_proto::v1 as pb;
+
+/// Gossip port on every test node's own loopback address.
+pub const GOSSIP_PORT: u16 = 7101;
+/// gRPC port.
+pub const GRPC_PORT: u16 = 7001;
+/// HTTP port.
+pub const HTTP_PORT: u16 = 7201;
+
+/// Directory holding the `routemq` and `routemq-ctl` binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ROUTEMQ_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir).join("debug");
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug")
+}
+
+/// Path of a binary, failing with a clear message if it was not built.
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build it first (scripts/test.sh does: cargo build -p routemq-node -p routemq-client --bins)",
+        path.display()
+    );
+    path
+}
+
+static CLUSTER_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn subnet() -> (u8, u8) {
+    let pid = std::process::id();
+    let n = CLUSTER_COUNTER.fetch_add(1, Ordering::Relaxed);
+    (1 + (pid % 250) as u8, ((pid / 250 + n * 37) % 256) as u8)
+}
+
+/// One node process (running or stopped) of a test cluster.
+pub struct TestNode {
+    /// Node id (`n1`, `n2`, ...).
+    pub id: String,
+    /// Its loopback IP.
+    pub ip: Ipv4Addr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its log file.
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    /// gRPC address.
+    pub fn grpc(&self) -> String {
+        SocketAddr::from((self.ip, GRPC_PORT)).to_string()
+    }
+    /// Gossip address.
+    pub fn gossip(&self) -> String {
+        SocketAddr::from((self.ip, GOSSIP_PORT)).to_string()
+    }
+    /// HTTP address.
+    pub fn http(&self) -> String {
+        SocketAddr::from((self.ip, HTTP_PORT)).to_string()
+    }
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+    /// Process id, if started.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+    /// The node's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A cluster of real `routemq` processes for one test.
+pub struct TestCluster {
+    /// Nodes by id.
+    pub nodes: BTreeMap<String, TestNode>,
+    subnet: (u8, u8),
+    dir: tempfile::TempDir,
+    /// Extra flags for every node (e.g. smaller partitions).
+    pub extra_args: Vec<String>,
+}
+
+impl TestCluster {
+    /// An empty cluster with its own subnet and temp dir.
+    pub fn new() -> Result<Self> {
+        Ok(Self {
+            nodes: BTreeMap::new(),
+            subnet: subnet(),
+            dir: tempfile::Builder::new().prefix("routemq-test-").tempdir()?,
+            extra_args: Vec::new(),
+        })
+    }
+
+    /// Starts `n` nodes: n1 bootstraps, the others join through n1, and waits until all are
+    /// ready.
+    pub async fn start(n: usize) -> Result<Self> {
+        let mut cluster = Self::new()?;
+        cluster.add_node("n1", &["--bootstrap"])?;
+        for i in 2..=n {
+            let seed = cluster.node("n1").gossip();
+            cluster.add_node(&format!("n{i}"), &["--seed", &seed])?;
+        }
+        for i in 1..=n {
+            cluster
+                .wait_ready(&format!("n{i}"), Duration::from_secs(60))
+                .await?;
+        }
+        Ok(cluster)
+    }
+
+    /// The loopback IP of node number `index` (1-based) in this cluster's subnet.
+    pub fn ip_for(&self, index: u8) -> Ipv4Addr {
+        Ipv4Addr::new(127, self.subnet.0, self.subnet.1, index)
+    }
+
+    fn index_of(id: &str) -> u8 {
+        id.trim_start_matches(|c: char| !c.is_ascii_digit())
+            .parse()
+            .unwrap_or(99)
+    }
+
+    /// Root temp dir of this cluster.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Registers node `id` and starts it with the standard addresses plus `args`.
+    pub fn add_node(&mut self, id: &str, args: &[&str]) -> Result<()> {
+        let ip = self.ip_for(Self::index_of(id));
+        let node = TestNode {
+            id: id.to_string(),
+            ip,
+            data_dir: self.dir.path().join(id),
+            log: self.dir.path().join(format!("{id}.log")),
+            child: None,
+        };
+        self.nodes.insert(id.to_string(), node);
+        self.start_node(id, args)
+    }
+
+    /// Starts (or restarts) a registered node with `args` added to its standard flags.
+    pub fn start_node(&mut self, id: &str, args: &[&str]) -> Result<()> {
+        let extra = self.extra_args.clone();
+        let node = self.nodes.get_mut(id).context("unknown node")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
+        let child = Command::new(binary("routemq"))
+            .args(["start", "--node-id", id])
+            .args([
+                "--grpc",
+                &node.grpc(),
+                "--gossip",
+                &node.gossip(),
+                "--http",
+                &node.http(),
+            ])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(&extra)
+            .args(args)
+            .env("ROUTEMQ_LOG", "info,openraft=warn,chitchat=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn routemq")?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// The node `id`.
+    pub fn node(&self, id: &str) -> &TestNode {
+        &self.nodes[id]
+    }
+
+    /// Mutable node `id`.
+    pub fn node_mut(&mut self, id: &str) -> &mut TestNode {
+        self.nodes.get_mut(id).expect("unknown node")
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, id: &str) {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait up to `timeout` for exit; returns the exit code.
+    pub fn terminate(&mut self, id: &str, timeout: Duration) -> Option<i32> {
+        let mut child = self.node_mut(id).child.take()?;
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Waits for the node's process to exit by itself; returns its exit code.
+    pub async fn wait_exit(&mut self, id: &str, timeout: Duration) -> Result<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let node = self.node_mut(id);
+            if let Some(child) = node.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    node.child = None;
+                    return Ok(status.code());
+                }
+            } else {
+                bail!("{id} is not running");
+            }
+            if Instant::now() > deadline {
+                bail!("{id} still running after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A client that knows every node's gRPC address.
+    pub async fn client(&self) -> Result<Client> {
+        let seeds: Vec<String> = self.nodes.values().map(|n| n.grpc()).collect();
+        Ok(Client::connect(seeds).await?)
+    }
+
+    /// A client bound to one node only.
+    pub async fn client_of(&self, id: &str) -> Result<Client> {
+        Ok(Client::connect([self.node(id).grpc()]).await?)
+    }
+
+    /// Waits until `GET /ready` on the node answers 200.
+    pub async fn wait_ready(&mut self, id: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let http = self.node(id).http();
+        loop {
+            if http_get(&http, "/ready")
+                .await
+                .map(|(code, _)| code == 200)
+                .unwrap_or(false)
+            {
+                return Ok(());
+            }
+            if !self.node_mut(id).is_running() {
+                bail!(
+                    "{id} exited while waiting for it to be ready:\n{}",
+                    self.node(id).log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("{id} not ready after {timeout:?}:\n{}", self.node(id).log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Local status from one node.
+    pub async fn local_status(&self, id: &str) -> Result<pb::ClusterStatus> {
+        Ok(self
+            .client_of(id)
+            .await?
+            .status(pb::ReadConsistency::Local)
+            .await?)
+    }
+
+    /// Polls `check` until it returns Ok(Some(v)) or `timeout` passes.
+    pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>>>,
+    {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("never checked");
+        loop {
+            match check().await {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => last = "condition not met".into(),
+                Err(e) => last = format!("{e:#}"),
+            }
+            if Instant::now() > deadline {
+                bail!("{what}: not reached within {timeout:?} (last: {last})");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Prints every node's log (for failing tests).
+    pub fn dump_logs(&self) {
+        for node in self.nodes.values() {
+            eprintln!("===== {} log =====\n{}", node.id, node.log_text());
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Minimal HTTP GET over a TCP stream (no client crate needed for three endpoints).
+pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await??;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await??;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("malformed HTTP response")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// Runs `routemq` with `args` to completion (for bad-input tests); returns (exit code, output).
+pub fn run_routemq(args: &[&str], timeout: Duration) -> Result<(Option<i32>, String)> {
+    let mut child = Command::new(binary("routemq"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait()?.is_some() {
+            let output = child.wait_with_output()?;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            return Ok((output.status.code(), text));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output()?;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            return Ok((None, text));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
