@@ -14,7 +14,7 @@ exit_after=0
 [ "${1:-}" = "--exit" ] && exit_after=1
 
 ensure_build_deps
-build_binaries
+build_all
 ROUTEMQ="$ROUTEMQ_BIN_DIR/routemq"
 CTL="$ROUTEMQ_BIN_DIR/routemq-ctl"
 
@@ -62,6 +62,11 @@ for i in 1 2 3; do
         [ $(( $(date +%s) - started )) -lt 60 ] || { tail -n 20 "$dir"/n*.log >&2; die "cluster not ready after 60 s"; }
         sleep 0.2
     done
+done
+# Readiness is local to each node; wait until gossip shows every member active everywhere.
+until [ "$("$CTL" --addr 127.0.0.1:7001 --json status 2>/dev/null | grep -o '"state":"active"' | wc -l)" = 3 ]; do
+    [ $(( $(date +%s) - started )) -lt 60 ] || die "members not all active after 60 s"
+    sleep 0.2
 done
 say "cluster formed in $(( $(date +%s) - started )) s"
 

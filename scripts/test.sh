@@ -16,7 +16,7 @@ say "cargo clippy (warnings are errors)"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
 # One build serves every stage: the integration tests run the binaries from this target dir.
-build_binaries
+build_all
 export ROUTEMQ_BIN_DIR
 
 shift_args=()

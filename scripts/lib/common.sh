@@ -41,7 +41,9 @@ ensure_test_deps() {
     command -v curl >/dev/null 2>&1 || apt_install curl
 }
 
-build_binaries() {
-    say "building routemq and routemq-ctl (first build compiles RocksDB: ~10-15 min on 2 cores)"
-    cargo build --locked -p routemq-node -p routemq-client --bins
+# One build for everything: binaries, tests and benches share one feature set, so the quick
+# start, the tests and clippy never compile RocksDB twice.
+build_all() {
+    say "cargo build --workspace --all-targets (first build compiles RocksDB: ~10-15 min on 2 cores)"
+    cargo build --locked --workspace --all-targets
 }

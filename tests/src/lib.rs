@@ -305,7 +305,7 @@ impl TestCluster {
         Fut: std::future::Future<Output = Result<Option<T>>>,
     {
         let deadline = Instant::now() + timeout;
-        let mut last = String::from("never checked");
+        let mut last;
         loop {
             match check().await {
                 Ok(Some(v)) => return Ok(v),

@@ -17,6 +17,7 @@ pub mod store;
 pub mod voters;
 
 use std::collections::BTreeSet;
+use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

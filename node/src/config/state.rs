@@ -96,7 +96,7 @@ pub enum ConfigError {
     #[error("invalid {field}: {reason}")]
     Invalid {
         /// Which field.
-        field: &'static str,
+        field: String,
         /// Why.
         reason: String,
     },
@@ -241,7 +241,7 @@ impl ClusterConfig {
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        field,
+        field: field.to_string(),
         reason: reason.into(),
     }
 }
