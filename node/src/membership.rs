@@ -220,21 +220,23 @@ impl Membership {
         self.set(keys::LOAD, load.to_string()).await;
     }
 
-    /// Every node known to gossip, live or dead, self included. When a node restarted, only
-    /// its newest generation is returned.
+    /// Every node known to gossip, live or dead, self included. When an incarnation (node id
+    /// and raft id) restarted, only its newest generation is returned; two processes claiming
+    /// the same node id with different raft ids are both returned.
     pub async fn peers(&self) -> Vec<Peer> {
         let chitchat = self.handle.chitchat();
         let chitchat = chitchat.lock().await;
         let live: std::collections::HashSet<&ChitchatId> = chitchat.live_nodes().collect();
-        let mut newest: BTreeMap<String, Peer> = BTreeMap::new();
+        let mut newest: BTreeMap<(String, Option<u64>), Peer> = BTreeMap::new();
         let states: Vec<(&ChitchatId, &NodeState)> = chitchat.node_states().iter().collect();
         for (id, state) in states {
             let alive = live.contains(id) || *id == self.self_id;
             let peer = peer_from_state(id, state, alive);
-            match newest.get(&peer.node_id) {
+            let key = (peer.node_id.clone(), peer.raft_id);
+            match newest.get(&key) {
                 Some(existing) if (existing.generation, existing.alive) >= (peer.generation, peer.alive) => {}
                 _ => {
-                    newest.insert(peer.node_id.clone(), peer);
+                    newest.insert(key, peer);
                 }
             }
         }

@@ -66,6 +66,9 @@ pub enum NodeError {
     /// Raft or config failure at start.
     #[error("config raft: {0}")]
     Raft(String),
+    /// A fresh data directory, and neither seeds nor bootstrap.
+    #[error("data directory {0} is empty: give --seed (gossip address of a running node) to join a cluster, or --bootstrap to start a new one")]
+    NoWayIn(String),
     /// The cluster refused this node.
     #[error("the cluster refused to admit this node: {0}")]
     JoinRejected(String),
@@ -253,11 +256,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         });
     }
 
-    let result = async {
-        tokio::select! {
-            r = enter_cluster(&settings, &mut data_dir, initialized, &config, &membership) => r?,
-            _ = cancel.cancelled() => return Ok(()),
-        }
+    let entering = async {
+        enter_cluster(&settings, &mut data_dir, initialized, &config, &membership).await?;
         membership.set_lifecycle(Lifecycle::Active).await;
         Ok::<(), NodeError>(())
     };
@@ -265,16 +265,17 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         shutdown.await;
     };
     tokio::pin!(shutdown);
+    // Ok(true): a member, go on; Ok(false): asked to stop before that.
     let entered = tokio::select! {
-        r = result => r,
-        _ = &mut shutdown => Ok(()),
+        r = entering => r.map(|()| true),
+        _ = &mut shutdown => Ok(false),
         Some(Ok(Err(e))) = tasks.join_next() => Err(e),
     };
 
     let outcome = match entered {
         Err(e) => Err(e),
-        Ok(()) if cancel.is_cancelled() => Ok(()),
-        Ok(()) => {
+        Ok(false) => Ok(()),
+        Ok(true) => {
             let status_loop = StatusLoop {
                 node_id: settings.node_id.clone(),
                 config: config.clone(),
@@ -337,6 +338,9 @@ async fn enter_cluster(
         wait_until_member(config, &me).await;
         return Ok(());
     }
+    if !settings.bootstrap && settings.seeds.is_empty() {
+        return Err(NodeError::NoWayIn(data_dir.path().display().to_string()));
+    }
     if settings.bootstrap {
         bootstrap(settings, data_dir, config, membership, me).await
     } else {
@@ -352,7 +356,7 @@ async fn check_seeds_cluster(data_dir: &DataDir, membership: &Membership) -> Res
         let peers = membership.peers().await;
         let others: Vec<String> = peers
             .iter()
-            .filter(|p| p.alive && p.node_id != data_dir.identity().node_id)
+            .filter(|p| p.alive && p.raft_id != Some(data_dir.identity().raft_id))
             .filter_map(|p| p.cluster_id.clone())
             .collect();
         if others.iter().any(|c| *c == ours) {
@@ -440,7 +444,7 @@ async fn join(
     loop {
         let target = match hinted.take() {
             Some(addr) => Some(addr),
-            None => leader_grpc_addr(membership, &me.node_id).await,
+            None => leader_grpc_addr(membership, me.raft_id).await,
         };
         let Some(target) = target else {
             if started.elapsed() > Duration::from_secs(2) {
@@ -485,9 +489,12 @@ async fn join(
 }
 
 /// The gRPC address of the Raft leader as gossip reports it, or of any live peer.
-async fn leader_grpc_addr(membership: &Membership, self_id: &str) -> Option<String> {
+async fn leader_grpc_addr(membership: &Membership, self_raft_id: u64) -> Option<String> {
     let peers = membership.peers().await;
-    let others: Vec<_> = peers.iter().filter(|p| p.alive && p.node_id != self_id).collect();
+    let others: Vec<_> = peers
+        .iter()
+        .filter(|p| p.alive && p.raft_id != Some(self_raft_id))
+        .collect();
     let leader = others.iter().find_map(|p| p.raft_leader).and_then(|leader| {
         others
             .iter()

@@ -271,12 +271,9 @@ impl Settings {
         for seed in &seeds {
             validate_seed(seed)?;
         }
+        // Neither seeds nor bootstrap is fine for a restart; node::run refuses it for a fresh
+        // data directory, where it would have no way into a cluster.
         let bootstrap = args.bootstrap || file.bootstrap.unwrap_or(false);
-        if !bootstrap && seeds.is_empty() {
-            return Err(SettingsError::Missing(
-                "--seed (gossip address of a running node) or --bootstrap (to start a new cluster)",
-            ));
-        }
         let ring = RingParams {
             partitions: args
                 .partitions

@@ -67,6 +67,8 @@ pub struct TestNode {
     pub data_dir: PathBuf,
     /// Its log file.
     pub log: PathBuf,
+    /// Flags it was first started with (besides the standard ones); reused on restart.
+    pub args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -159,10 +161,19 @@ impl TestCluster {
             ip,
             data_dir: self.dir.path().join(id),
             log: self.dir.path().join(format!("{id}.log")),
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         self.nodes.insert(id.to_string(), node);
         self.start_node(id, args)
+    }
+
+    /// Restarts a stopped node with the flags it was first started with, like a service
+    /// manager would.
+    pub fn restart(&mut self, id: &str) -> Result<()> {
+        let args = self.node(id).args.clone();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.start_node(id, &args)
     }
 
     /// Starts (or restarts) a registered node with `args` added to its standard flags.

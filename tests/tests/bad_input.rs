@@ -46,7 +46,23 @@ fn malformed_config_file_and_flags_are_rejected() -> Result<()> {
     )?;
     assert_clean_failure(code, &out, "invalid node id");
 
-    let (code, out) = run_routemq(&["start", "--node-id", "n1"], Duration::from_secs(10))?;
+    let empty = dir.path().join("empty");
+    let (code, out) = run_routemq(
+        &[
+            "start",
+            "--node-id",
+            "n1",
+            "--grpc",
+            "127.254.254.254:7001",
+            "--http",
+            "127.254.254.254:7201",
+            "--gossip",
+            "127.254.254.254:7101",
+            "--data-dir",
+            empty.to_str().unwrap_or_default(),
+        ],
+        Duration::from_secs(10),
+    )?;
     assert_clean_failure(code, &out, "--bootstrap");
 
     let (code, out) = run_routemq(

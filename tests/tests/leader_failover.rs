@@ -62,7 +62,7 @@ async fn killed_leader_is_replaced_and_rejoins_as_itself() -> Result<()> {
     assert!(with_n4.epoch > after.epoch);
 
     // The killed node restarts with its data directory and is the same member again.
-    cluster.start_node(&old_leader, &[])?;
+    cluster.restart(&old_leader)?;
     cluster.wait_ready(&old_leader, Duration::from_secs(60)).await?;
     let rejoined = TestCluster::eventually(Duration::from_secs(15), "old leader alive again", || {
         let client = client.clone();
