@@ -73,15 +73,6 @@ pub struct GossipSettings {
     pub phi_threshold: f64,
 }
 
-impl GossipSettings {
-    /// Roughly how long a killed node stays "alive" to its peers: the time at which phi crosses
-    /// the threshold for heartbeats arriving every `interval` (phi = t / (mean * ln 10)).
-    pub fn expected_detection_time(&self) -> Duration {
-        self.interval
-            .mul_f64(self.phi_threshold * std::f64::consts::LN_10)
-    }
-}
-
 /// What this node gossips about itself at start.
 #[derive(Debug, Clone)]
 pub struct SelfInfo {

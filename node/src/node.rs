@@ -191,8 +191,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     };
     tracing::info!(
         gossip = %settings.gossip_advertise,
-        detection = ?gossip_settings.expected_detection_time(),
-        "gossiping; a silent peer is marked dead after about the detection time"
+        interval = ?gossip_settings.interval,
+        phi_threshold = gossip_settings.phi_threshold,
+        "gossiping"
     );
 
     let coordinator = Arc::new(Coordinator::new(config.clone(), membership.clone()));
@@ -359,7 +360,7 @@ async fn check_seeds_cluster(data_dir: &DataDir, membership: &Membership) -> Res
             .filter(|p| p.alive && p.raft_id != Some(data_dir.identity().raft_id))
             .filter_map(|p| p.cluster_id.clone())
             .collect();
-        if others.iter().any(|c| *c == ours) {
+        if others.contains(&ours) {
             return Ok(());
         }
         if let Some(theirs) = others.into_iter().next() {

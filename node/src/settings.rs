@@ -65,7 +65,7 @@ pub struct StartArgs {
     /// Gossip namespace; nodes with another name ignore each other [default: routemq].
     #[arg(long, env = "ROUTEMQ_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
-    /// Milliseconds between gossip rounds [default: 100].
+    /// Milliseconds between gossip rounds [default: 200].
     #[arg(long, env = "ROUTEMQ_GOSSIP_INTERVAL_MS")]
     pub gossip_interval_ms: Option<u64>,
     /// Phi threshold of the failure detector [default: 8].
@@ -294,7 +294,7 @@ impl Settings {
         if !(1..=MAX_WEIGHT).contains(&weight) {
             return Err(invalid("weight", format!("{weight} is not in 1..={MAX_WEIGHT}")));
         }
-        let gossip_interval_ms = args.gossip_interval_ms.or(file.gossip_interval_ms).unwrap_or(100);
+        let gossip_interval_ms = args.gossip_interval_ms.or(file.gossip_interval_ms).unwrap_or(200);
         if !(10..=10_000).contains(&gossip_interval_ms) {
             return Err(invalid(
                 "gossip interval",

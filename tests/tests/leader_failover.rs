@@ -20,7 +20,37 @@ async fn killed_leader_is_replaced_and_rejoins_as_itself() -> Result<()> {
         .context("leader is a member")?
         .clone();
 
+    let survivor = before
+        .members
+        .iter()
+        .map(|m| m.node_id.clone())
+        .find(|id| *id != old_leader)
+        .context("a survivor")?;
+    let survivor_client = cluster.client_of(&survivor).await?;
     cluster.kill(&old_leader);
+    let killed_at = std::time::Instant::now();
+
+    // Measured on a survivor's local view, polled every 20 ms: when it sees a new leader, and
+    // when its gossip marks the killed node dead.
+    let (mut elected_after, mut dead_after) = (None, None);
+    while (elected_after.is_none() || dead_after.is_none()) && killed_at.elapsed() < Duration::from_secs(20) {
+        if let Ok(local) = survivor_client.status(pb::ReadConsistency::Local).await {
+            if elected_after.is_none() && !local.raft_leader.is_empty() && local.raft_leader != old_leader {
+                elected_after = Some(killed_at.elapsed());
+            }
+            let dead = local
+                .members
+                .iter()
+                .any(|m| m.node_id == old_leader && m.liveness == pb::Liveness::Dead as i32);
+            if dead_after.is_none() && dead {
+                dead_after = Some(killed_at.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "on {survivor}: new leader after {elected_after:?}, {old_leader} marked dead after {dead_after:?}"
+    );
 
     // A new leader, and a linearizable read through it.
     let after = TestCluster::eventually(Duration::from_secs(20), "new leader", || {
@@ -32,6 +62,11 @@ async fn killed_leader_is_replaced_and_rejoins_as_itself() -> Result<()> {
         }
     })
     .await?;
+    println!(
+        "new leader {} elected {:?} after kill -9 of {old_leader}",
+        after.raft_leader,
+        killed_at.elapsed()
+    );
     assert!(after.raft_term > before.raft_term);
     assert_eq!(
         after.epoch, before.epoch,
@@ -52,6 +87,10 @@ async fn killed_leader_is_replaced_and_rejoins_as_itself() -> Result<()> {
         }
     })
     .await?;
+    println!(
+        "killed node marked dead by gossip {:?} after kill -9",
+        killed_at.elapsed()
+    );
 
     // Writable: a new node joins (a committed config change) while the old leader is down.
     let seed = cluster.node(&after.raft_leader).gossip();

@@ -11,6 +11,9 @@
 //! acknowledged. Entries and state are serialized with serde_json: the volume is tiny (config
 //! changes), and a readable format helps when inspecting a data directory.
 
+// openraft's storage traits fix the error type (StorageError, ~224 bytes); helpers return it too.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;

@@ -26,7 +26,7 @@ pub fn desired_voters(
 ) -> BTreeSet<u64> {
     let member_ids: BTreeSet<u64> = members.iter().map(|c| c.raft_id).collect();
     let cap = (max_voters.max(1) as usize).min(member_ids.len().max(1));
-    let target = if cap % 2 == 0 { cap - 1 } else { cap };
+    let target = if cap.is_multiple_of(2) { cap - 1 } else { cap };
 
     // Keep current voters that are still members, preferring live ones.
     let mut kept: Vec<&Candidate> = members
