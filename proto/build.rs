@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/routemq/v1/cluster.proto"];
+    let protos = ["proto/routemq/v1/cluster.proto", "proto/routemq/v1/routing.proto"];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");
     }
