@@ -14,6 +14,7 @@ pub mod coordinator;
 pub mod datadir;
 pub mod http;
 pub mod membership;
+pub mod message;
 pub mod metrics;
 pub mod node;
 pub mod ring;

@@ -1,0 +1,77 @@
+//! The message path's shared vocabulary: what enters the cluster, what accepting it means,
+//! and how it can fail.
+//!
+//! Ingress (MQTT, gRPC `Publish`) hands an [`InboundMessage`] to a [`Dispatch`]; the
+//! dispatcher matches a route, finds the key's partition owner, forwards if needed, and
+//! resolves once the owner accepted the message (journal: durably appended; other handlers:
+//! handler done). Only then may the ingress acknowledge to its producer (gRPC OK, MQTT PUBACK).
+
+use std::future::Future;
+
+/// A message entering the cluster from a producer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundMessage {
+    /// MQTT topic.
+    pub topic: String,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+    /// Producer-chosen id for duplicate suppression; empty means "generate one".
+    pub message_id: String,
+}
+
+/// What the cluster did with an accepted message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The message id (generated if the producer gave none).
+    pub message_id: String,
+    /// Route that matched.
+    pub route: String,
+    /// The ordering key.
+    pub key: String,
+    /// The key's partition.
+    pub partition: u32,
+    /// Node that processed (ordered) or accepted (shared) it.
+    pub processed_by: String,
+    /// Config epoch under which it was processed.
+    pub epoch: u64,
+}
+
+/// Why a message was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// No route matches the topic.
+    #[error("no route matches topic {0:?}")]
+    NoRoute(String),
+    /// The topic is not a valid MQTT topic name (empty, wildcards, NUL, too long).
+    #[error("invalid topic: {0}")]
+    InvalidTopic(String),
+    /// The payload exceeds the configured limit.
+    #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// Payload size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The owner cannot be reached or cannot process now; retrying later is safe.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The handler failed (the failure went to the dead-letter journal).
+    #[error("handler failed: {0}")]
+    HandlerFailed(String),
+}
+
+impl PublishError {
+    /// True when the producer should retry (the message may or may not have been processed;
+    /// duplicates are suppressed by message id where a handler keeps state).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, PublishError::Unavailable(_))
+    }
+}
+
+/// Takes messages into the cluster. Implemented by the node's dispatcher; ingress code depends
+/// only on this trait, so it can be tested with a fake.
+pub trait Dispatch: Send + Sync + 'static {
+    /// Resolves once the owner accepted the message, or with why not.
+    fn dispatch(&self, message: InboundMessage) -> impl Future<Output = Result<Accepted, PublishError>> + Send;
+}
