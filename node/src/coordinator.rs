@@ -121,7 +121,11 @@ impl Coordinator {
                 joiner.node_id, LEARNER_CATCH_UP_TIMEOUT, joiner.grpc_addr
             ))
         })??;
-        let epoch = self.config.propose(Command::AddMember(joiner.clone())).await?;
+        let epoch = self
+            .config
+            .propose(Command::AddMember(joiner.clone()))
+            .await?
+            .epoch;
         self.reconcile_locked().await?;
         let (voters, _) = self.config.raft_members();
         tracing::info!(node = %joiner.node_id, epoch, voter = voters.contains(&joiner.raft_id), "node joined");
@@ -142,7 +146,8 @@ impl Coordinator {
             .propose(Command::RemoveMember {
                 node_id: node_id.to_string(),
             })
-            .await?;
+            .await?
+            .epoch;
         tracing::info!(node = %node_id, epoch, "node removed from the ring");
         self.reconcile_locked().await?;
         Ok(epoch)

@@ -73,5 +73,8 @@ impl PublishError {
 /// only on this trait, so it can be tested with a fake.
 pub trait Dispatch: Send + Sync + 'static {
     /// Resolves once the owner accepted the message, or with why not.
-    fn dispatch(&self, message: InboundMessage) -> impl Future<Output = Result<Accepted, PublishError>> + Send;
+    fn dispatch(
+        &self,
+        message: InboundMessage,
+    ) -> impl Future<Output = Result<Accepted, PublishError>> + Send;
 }

@@ -26,6 +26,28 @@ pub const PARTITIONS_OWNED: &str = "routemq_partitions_owned";
 pub const GOSSIP_LIVE_NODES: &str = "routemq_gossip_live_nodes";
 /// Nodes gossip sees dead.
 pub const GOSSIP_DEAD_NODES: &str = "routemq_gossip_dead_nodes";
+/// Messages whose handler completed, by route.
+pub const MESSAGES_PROCESSED: &str = "routemq_messages_processed_total";
+/// Messages whose handler failed, panicked or was rejected, by route.
+pub const MESSAGES_FAILED: &str = "routemq_messages_failed_total";
+/// Handler run time, by route.
+pub const HANDLER_SECONDS: &str = "routemq_handler_seconds";
+/// Messages received by ingress (gRPC publish, MQTT), by route and source.
+pub const MESSAGES_RECEIVED: &str = "routemq_messages_received_total";
+/// Messages forwarded to another node, by route.
+pub const MESSAGES_FORWARDED: &str = "routemq_messages_forwarded_total";
+/// Messages refused at the edge (no route, bad topic, too large), by reason.
+pub const MESSAGES_REJECTED: &str = "routemq_messages_rejected_total";
+/// Messages per forwarded batch.
+pub const FORWARD_BATCH_SIZE: &str = "routemq_forward_batch_size";
+/// Messages waiting for a forward acknowledgement, per peer.
+pub const FORWARD_IN_FLIGHT: &str = "routemq_forward_in_flight";
+/// Time from ingress to owner acceptance, by route.
+pub const END_TO_END_SECONDS: &str = "routemq_end_to_end_seconds";
+/// Publish requests answered with an error, by code.
+pub const PUBLISH_ERRORS: &str = "routemq_publish_errors_total";
+/// Messages rejected by a rate-limit middleware, by route.
+pub const RATE_LIMITED: &str = "routemq_rate_limited_total";
 /// 1 when `/ready` answers 200.
 pub const READY: &str = "routemq_ready";
 

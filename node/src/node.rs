@@ -25,16 +25,26 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::messages::MessagesApi;
+use crate::api::routes::RoutesApi;
 use crate::api::ClusterApi;
 use crate::config::network::{lazy_channel, RaftTransportService};
 use crate::config::state::{Command, Member};
 use crate::config::{store, ConfigService, RaftTiming};
 use crate::coordinator::Coordinator;
 use crate::datadir::{DataDir, DataDirError};
+use crate::dispatch::{DispatchLimits, Dispatcher};
+use crate::forward::{ForwardService, Forwarder};
+use crate::handler::{HandlerContext, HandlerRegistry, NoBroker};
 use crate::http::Readiness;
+use crate::journal::Journal;
 use crate::membership::{GossipSettings, Lifecycle, Membership, MembershipError, SelfInfo};
 use crate::metrics::ClusterGauges;
+use crate::processor::Processor;
 use crate::settings::Settings;
+use routemq_proto::v1::forward_server::ForwardServer;
+use routemq_proto::v1::messages_server::MessagesServer;
+use routemq_proto::v1::routes_server::RoutesServer;
 
 /// Fatal errors of a node. Each names what failed and, where possible, what to do.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +118,15 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeE
 
 /// Runs a node until `shutdown` completes. Returns when every task it started has ended.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    run_with(settings, HandlerRegistry::new(), shutdown).await
+}
+
+/// Runs a node with custom handlers and middleware registered through the library API.
+pub async fn run_with(
+    settings: Settings,
+    registry: HandlerRegistry,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
     let mut data_dir = DataDir::open(&settings.data_dir, &settings.node_id)?;
     let identity = data_dir.identity().clone();
     tracing::info!(node = %settings.node_id, raft_id = identity.raft_id, data_dir = %settings.data_dir.display(),
@@ -197,6 +216,32 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     );
 
     let coordinator = Arc::new(Coordinator::new(config.clone(), membership.clone()));
+
+    // The message path: journal, processor, forwarder, dispatcher.
+    let journal_dir = data_dir.path().join("journal");
+    let journal = Journal::open(&journal_dir).map_err(|e| NodeError::Storage {
+        path: journal_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let handler_ctx = HandlerContext {
+        node_id: settings.node_id.clone(),
+        publisher: Arc::new(NoBroker),
+        journal,
+    };
+    let processor = Arc::new(Processor::new(handler_ctx.clone()));
+    let forwarder = Arc::new(Forwarder::new(settings.node_id.clone()));
+    let dispatcher = Arc::new(Dispatcher::new(
+        settings.node_id.clone(),
+        config.clone(),
+        processor.clone(),
+        forwarder.clone(),
+        registry,
+        handler_ctx,
+        DispatchLimits {
+            max_payload: settings.max_payload_bytes,
+            ..DispatchLimits::default()
+        },
+    ));
     let cancel = CancellationToken::new();
     let mut tasks: JoinSet<Result<(), NodeError>> = JoinSet::new();
     let (readiness_tx, readiness_rx) = watch::channel(Readiness {
@@ -224,6 +269,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ClusterServer::new(api))
+        .add_service(RoutesServer::new(RoutesApi::new(config.clone())))
+        .add_service(
+            MessagesServer::new(MessagesApi::new(dispatcher.clone())).max_decoding_message_size(16 << 20),
+        )
+        .add_service(
+            ForwardServer::new(ForwardService::new(dispatcher.clone())).max_decoding_message_size(64 << 20),
+        )
         .add_service(
             RaftTransportServer::new(RaftTransportService::new(config.raft().clone()))
                 .max_decoding_message_size(64 << 20),
@@ -305,6 +357,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             tracing::warn!(error = %e, "task ended with an error during shutdown");
         }
     }
+    forwarder.shutdown().await;
+    processor.shutdown().await;
     config.shutdown().await;
     drop(coordinator);
     if let Ok(membership) = Arc::try_unwrap(membership) {
@@ -425,10 +479,21 @@ async fn bootstrap(
             first: me,
         })
         .await
-        .map_err(|e| NodeError::Raft(format!("bootstrap: {e}")))?;
+        .map_err(|e| NodeError::Raft(format!("bootstrap: {e}")))?
+        .epoch;
     data_dir.set_cluster_id(&cluster_id)?;
     membership.set_cluster_id(&cluster_id).await;
     tracing::info!(%cluster_id, epoch, "cluster bootstrapped");
+    for spec in &settings.bootstrap_routes {
+        config
+            .propose(Command::PutRoute {
+                spec: spec.clone(),
+                expected_version: None,
+            })
+            .await
+            .map_err(|e| NodeError::Raft(format!("route {} from the routes file: {e}", spec.name)))?;
+        tracing::info!(route = %spec.name, "route loaded from the routes file");
+    }
     Ok(())
 }
 

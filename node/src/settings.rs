@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::config::state::{validate_node_id, DEFAULT_MAX_VOTERS, MAX_WEIGHT};
 use crate::ring::RingParams;
+use crate::routes::{RouteSpec, RouteTable};
 
 /// Flags of `routemq start`. Each also reads `ROUTEMQ_<NAME>` from the environment.
 #[derive(Debug, Clone, Default, Args)]
@@ -80,6 +81,12 @@ pub struct StartArgs {
     /// Log format: text or json [default: text].
     #[arg(long, env = "ROUTEMQ_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// TOML file of routes (`[[route]]` tables) loaded when this node bootstraps the cluster.
+    #[arg(long, env = "ROUTEMQ_ROUTES", value_name = "FILE")]
+    pub routes: Option<PathBuf>,
+    /// Largest accepted message payload in bytes [default: 262144].
+    #[arg(long, env = "ROUTEMQ_MAX_PAYLOAD_BYTES")]
+    pub max_payload_bytes: Option<usize>,
 }
 
 /// Log output format.
@@ -115,6 +122,16 @@ pub struct FileSettings {
     raft_heartbeat_ms: Option<u64>,
     raft_election_timeout_ms: Option<u64>,
     log_format: Option<LogFormat>,
+    routes: Option<PathBuf>,
+    max_payload_bytes: Option<usize>,
+}
+
+/// The routes file: `[[route]]` tables.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoutesFile {
+    #[serde(default)]
+    route: Vec<RouteSpec>,
 }
 
 /// Errors in settings: all fatal at start, all naming what to fix.
@@ -190,6 +207,10 @@ pub struct Settings {
     pub raft_election_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Routes to create when bootstrapping.
+    pub bootstrap_routes: Vec<RouteSpec>,
+    /// Largest accepted payload.
+    pub max_payload_bytes: usize,
 }
 
 impl FileSettings {
@@ -329,6 +350,20 @@ impl Settings {
         if cluster_name.is_empty() {
             return Err(invalid("cluster name", "must not be empty"));
         }
+        let bootstrap_routes = match args.routes.or(file.routes) {
+            Some(path) => load_routes(&path)?,
+            None => Vec::new(),
+        };
+        let max_payload_bytes = args
+            .max_payload_bytes
+            .or(file.max_payload_bytes)
+            .unwrap_or(256 * 1024);
+        if !(1..=16 * 1024 * 1024).contains(&max_payload_bytes) {
+            return Err(invalid(
+                "max payload",
+                format!("{max_payload_bytes} bytes is not in 1..=16777216"),
+            ));
+        }
         let data_dir = args
             .data_dir
             .or(file.data_dir)
@@ -353,8 +388,27 @@ impl Settings {
             raft_heartbeat: Duration::from_millis(raft_heartbeat_ms),
             raft_election_timeout: Duration::from_millis(raft_election_timeout_ms),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            bootstrap_routes,
+            max_payload_bytes,
         })
     }
+}
+
+/// Reads and validates a routes file.
+pub fn load_routes(path: &Path) -> Result<Vec<RouteSpec>, SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file: RoutesFile = toml::from_str(&text).map_err(|e| SettingsError::ParseFile {
+        path: path.to_path_buf(),
+        message: e.to_string().trim().replace('\n', " "),
+    })?;
+    RouteTable::build(file.route.iter().cloned()).map_err(|e| SettingsError::ParseFile {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(file.route)
 }
 
 fn resolve_host(host: &str) -> Result<IpAddr, SettingsError> {

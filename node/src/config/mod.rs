@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::ring::Ring;
+use crate::routes::RouteTable;
 use state::{Command, ConfigError};
 use store::AppliedState;
 
@@ -37,8 +38,8 @@ pub type RaftId = u64;
 /// Result of applying one command, returned to the proposer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApplyResponse {
-    /// The epoch after the command, or why it was rejected.
-    pub result: Result<u64, ConfigError>,
+    /// What the command changed, or why it was rejected.
+    pub result: Result<state::Applied, ConfigError>,
 }
 
 openraft::declare_raft_types!(
@@ -92,6 +93,8 @@ pub struct ConfigView {
     pub state: Arc<AppliedState>,
     /// The ring computed from `state.config`.
     pub ring: Arc<Ring>,
+    /// The route table of `state.config`, in matching order.
+    pub routes: Arc<RouteTable>,
 }
 
 impl ConfigView {
@@ -117,6 +120,7 @@ pub struct ConfigService {
     applied: watch::Receiver<Arc<AppliedState>>,
     committed_index: Arc<AtomicU64>,
     ring_cache: Mutex<Option<(u64, Arc<Ring>)>>,
+    routes_cache: Mutex<Option<(u64, Arc<RouteTable>)>>,
     /// openraft changes membership one change at a time; joins and removals queue here.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
 }
@@ -154,6 +158,7 @@ impl ConfigService {
             applied,
             committed_index,
             ring_cache: Mutex::new(None),
+            routes_cache: Mutex::new(None),
             membership_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -213,7 +218,22 @@ impl ConfigService {
                 ring
             }
         };
-        ConfigView { state, ring }
+        drop(cache);
+        let revision = state.config.routes_revision;
+        let mut cache = self
+            .routes_cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let routes = match cache.as_ref() {
+            Some((cached, routes)) if *cached == revision => routes.clone(),
+            _ => {
+                // Committed routes were validated as a table when applied.
+                let routes = Arc::new(state.config.route_table().unwrap_or_else(|_| RouteTable::empty()));
+                *cache = Some((revision, routes.clone()));
+                routes
+            }
+        };
+        ConfigView { state, ring, routes }
     }
 
     /// A linearizable read: confirms leadership with a quorum, waits until everything committed
@@ -238,8 +258,8 @@ impl ConfigService {
         }
     }
 
-    /// Proposes a command; leader only. Returns the epoch after it was applied.
-    pub async fn propose(&self, command: Command) -> Result<u64, ConfigServiceError> {
+    /// Proposes a command; leader only. Returns what it changed once applied.
+    pub async fn propose(&self, command: Command) -> Result<state::Applied, ConfigServiceError> {
         match self.raft.client_write(command).await {
             Ok(response) => Ok(response.data.result?),
             Err(e) => Err(self.write_error(e)),

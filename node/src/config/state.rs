@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::ring::{Ring, RingError, RingParams};
+use crate::routes::{HandlerSpec, RouteMode, RouteSpec, RouteTable};
 
 /// Default cap on Raft voters; further members are learners.
 pub const DEFAULT_MAX_VOTERS: u32 = 5;
@@ -60,6 +61,21 @@ pub enum Command {
         /// Node id of the member to remove.
         node_id: String,
     },
+    /// Creates or replaces a route. With `expected_version`, only if the route's current
+    /// version equals it (0 = only if absent): compare-and-set.
+    PutRoute {
+        /// The route.
+        spec: RouteSpec,
+        /// Compare-and-set guard.
+        expected_version: Option<u64>,
+    },
+    /// Deletes a route, optionally only at `expected_version`.
+    DeleteRoute {
+        /// Route name.
+        name: String,
+        /// Compare-and-set guard.
+        expected_version: Option<u64>,
+    },
     /// Changes a member's weight.
     SetWeight {
         /// Node id of the member.
@@ -92,6 +108,22 @@ pub enum ConfigError {
     /// Removing the last member would leave no owner for any partition.
     #[error("cannot remove {0:?}: it is the last member of the cluster")]
     LastMember(String),
+    /// A compare-and-set guard did not hold.
+    #[error("route {name:?} is at version {}, not {expected}", .actual.map(|v| v.to_string()).unwrap_or_else(|| "absent (0)".into()))]
+    VersionMismatch {
+        /// Route name.
+        name: String,
+        /// The guard.
+        expected: u64,
+        /// The current version, None if absent.
+        actual: Option<u64>,
+    },
+    /// No route has this name.
+    #[error("no route named {0:?}")]
+    UnknownRoute(String),
+    /// The route definition is invalid.
+    #[error("invalid route: {0}")]
+    InvalidRoute(String),
     /// A field failed validation.
     #[error("invalid {field}: {reason}")]
     Invalid {
@@ -102,8 +134,26 @@ pub enum ConfigError {
     },
 }
 
-/// Outcome of applying one command: the epoch after it, or why it was rejected.
-pub type ApplyResult = Result<u64, ConfigError>;
+/// What an applied command changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// Epoch after the command.
+    pub epoch: u64,
+    /// Route commands: the route's new version (0 after a delete).
+    pub route_version: Option<u64>,
+}
+
+/// Outcome of applying one command, or why it was rejected.
+pub type ApplyResult = Result<Applied, ConfigError>;
+
+/// A route in the config with the log index of its last write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRoute {
+    /// The definition.
+    pub spec: RouteSpec,
+    /// Config log index of the last write (compare-and-set token; never 0).
+    pub version: u64,
+}
 
 /// The replicated cluster configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +168,12 @@ pub struct ClusterConfig {
     pub members: BTreeMap<String, Member>,
     /// Ownership epoch: bumped by every change of the partition table.
     pub epoch: u64,
+    /// Routes by name.
+    #[serde(default)]
+    pub routes: BTreeMap<String, StoredRoute>,
+    /// Bumped by every route change (caches key on it).
+    #[serde(default)]
+    pub routes_revision: u64,
 }
 
 impl ClusterConfig {
@@ -139,8 +195,15 @@ impl ClusterConfig {
         )
     }
 
-    /// Applies one command. On error the config is left unchanged.
-    pub fn apply(&mut self, command: &Command) -> ApplyResult {
+    /// The route table of this config, in matching order.
+    pub fn route_table(&self) -> Result<RouteTable, ConfigError> {
+        RouteTable::build(self.routes.values().map(|r| r.spec.clone()))
+            .map_err(|e| ConfigError::InvalidRoute(e.to_string()))
+    }
+
+    /// Applies one command committed at log `index`. On error the config is left unchanged.
+    pub fn apply(&mut self, index: u64, command: &Command) -> ApplyResult {
+        let mut route_version = None;
         match command {
             Command::Bootstrap {
                 cluster_id,
@@ -199,6 +262,47 @@ impl ClusterConfig {
                 self.members.remove(node_id);
                 self.epoch += 1;
             }
+            Command::PutRoute {
+                spec,
+                expected_version,
+            } => {
+                self.require_bootstrapped()?;
+                self.check_version(&spec.name, *expected_version)?;
+                spec.validate()
+                    .map_err(|e| ConfigError::InvalidRoute(e.to_string()))?;
+                if matches!(spec.handler, HandlerSpec::Journal) && !matches!(spec.mode, RouteMode::Ordered) {
+                    return Err(ConfigError::InvalidRoute(format!(
+                        "route {:?}: the journal handler keeps a per-key log on the key's owner and needs mode ordered",
+                        spec.name
+                    )));
+                }
+                let mut routes = self.routes.clone();
+                let version = index.max(1);
+                routes.insert(
+                    spec.name.clone(),
+                    StoredRoute {
+                        spec: spec.clone(),
+                        version,
+                    },
+                );
+                RouteTable::build(routes.values().map(|r| r.spec.clone()))
+                    .map_err(|e| ConfigError::InvalidRoute(e.to_string()))?;
+                self.routes = routes;
+                self.routes_revision += 1;
+                route_version = Some(version);
+            }
+            Command::DeleteRoute {
+                name,
+                expected_version,
+            } => {
+                self.require_bootstrapped()?;
+                self.check_version(name, *expected_version)?;
+                if self.routes.remove(name).is_none() {
+                    return Err(ConfigError::UnknownRoute(name.clone()));
+                }
+                self.routes_revision += 1;
+                route_version = Some(0);
+            }
             Command::SetWeight { node_id, weight } => {
                 self.require_bootstrapped()?;
                 validate_weight(*weight)?;
@@ -215,7 +319,24 @@ impl ClusterConfig {
                 }
             }
         }
-        Ok(self.epoch)
+        Ok(Applied {
+            epoch: self.epoch,
+            route_version,
+        })
+    }
+
+    fn check_version(&self, name: &str, expected: Option<u64>) -> Result<(), ConfigError> {
+        let Some(expected) = expected else { return Ok(()) };
+        let actual = self.routes.get(name).map(|r| r.version);
+        if actual.unwrap_or(0) == expected {
+            Ok(())
+        } else {
+            Err(ConfigError::VersionMismatch {
+                name: name.to_string(),
+                expected,
+                actual,
+            })
+        }
     }
 
     /// Refuses a change that would make the ring unbuildable (too many virtual nodes), so a
@@ -297,6 +418,12 @@ pub fn validate_member(member: &Member) -> Result<(), ConfigError> {
 mod tests {
     use super::*;
 
+    impl ClusterConfig {
+        fn apply_epoch(&mut self, command: &Command) -> Result<u64, ConfigError> {
+            self.apply(7, command).map(|a| a.epoch)
+        }
+    }
+
     pub(crate) fn member(id: &str, raft_id: u64) -> Member {
         Member {
             node_id: id.into(),
@@ -311,7 +438,7 @@ mod tests {
     fn bootstrapped() -> ClusterConfig {
         let mut config = ClusterConfig::default();
         let epoch = config
-            .apply(&Command::Bootstrap {
+            .apply_epoch(&Command::Bootstrap {
                 cluster_id: "c1".into(),
                 ring: RingParams::default(),
                 max_voters: 3,
@@ -326,7 +453,7 @@ mod tests {
     fn commands_before_bootstrap_are_rejected() {
         let mut config = ClusterConfig::default();
         assert_eq!(
-            config.apply(&Command::AddMember(member("n2", 2))),
+            config.apply_epoch(&Command::AddMember(member("n2", 2))),
             Err(ConfigError::NotBootstrapped)
         );
         assert_eq!(config, ClusterConfig::default());
@@ -342,7 +469,7 @@ mod tests {
             first: member("n9", 9),
         };
         assert_eq!(
-            config.apply(&again),
+            config.apply_epoch(&again),
             Err(ConfigError::AlreadyBootstrapped("c1".into()))
         );
         assert_eq!(config.cluster_id, "c1");
@@ -351,20 +478,20 @@ mod tests {
     #[test]
     fn every_ownership_change_bumps_the_epoch_once() {
         let mut config = bootstrapped();
-        assert_eq!(config.apply(&Command::AddMember(member("n2", 2))), Ok(2));
+        assert_eq!(config.apply_epoch(&Command::AddMember(member("n2", 2))), Ok(2));
         // Same incarnation again: no ownership change.
-        assert_eq!(config.apply(&Command::AddMember(member("n2", 2))), Ok(2));
+        assert_eq!(config.apply_epoch(&Command::AddMember(member("n2", 2))), Ok(2));
         // A new incarnation with the same weight owns the same partitions.
-        assert_eq!(config.apply(&Command::AddMember(member("n2", 22))), Ok(2));
+        assert_eq!(config.apply_epoch(&Command::AddMember(member("n2", 22))), Ok(2));
         assert_eq!(
-            config.apply(&Command::SetWeight {
+            config.apply_epoch(&Command::SetWeight {
                 node_id: "n2".into(),
                 weight: 2
             }),
             Ok(3)
         );
         assert_eq!(
-            config.apply(&Command::RemoveMember { node_id: "n2".into() }),
+            config.apply_epoch(&Command::RemoveMember { node_id: "n2".into() }),
             Ok(4)
         );
     }
@@ -390,7 +517,7 @@ mod tests {
             },
         ];
         for command in &bad {
-            assert!(config.apply(command).is_err(), "{command:?} was accepted");
+            assert!(config.apply_epoch(command).is_err(), "{command:?} was accepted");
             assert_eq!(config, before, "{command:?} changed the config");
         }
     }
@@ -398,7 +525,7 @@ mod tests {
     #[test]
     fn ring_follows_members() {
         let mut config = bootstrapped();
-        config.apply(&Command::AddMember(member("n2", 2))).unwrap();
+        config.apply_epoch(&Command::AddMember(member("n2", 2))).unwrap();
         let ring = config.ring().unwrap();
         let counts = ring.partitions_per_node();
         assert_eq!(counts.len(), 2);

@@ -30,7 +30,7 @@ use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBat
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::state::ClusterConfig;
+use super::state::{Applied, ClusterConfig};
 use super::{ApplyResponse, RaftId, TypeConfig};
 
 const CF_LOG: &str = "log";
@@ -352,12 +352,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut responses = Vec::new();
         for entry in entries {
             self.state.last_applied = Some(entry.log_id);
+            let unchanged = Applied {
+                epoch: self.state.config.epoch,
+                route_version: None,
+            };
             let result = match entry.payload {
-                EntryPayload::Blank => Ok(self.state.config.epoch),
-                EntryPayload::Normal(command) => self.state.config.apply(&command),
+                EntryPayload::Blank => Ok(unchanged),
+                EntryPayload::Normal(command) => self.state.config.apply(entry.log_id.index, &command),
                 EntryPayload::Membership(membership) => {
                     self.state.last_membership = StoredMembership::new(Some(entry.log_id), membership);
-                    Ok(self.state.config.epoch)
+                    Ok(unchanged)
                 }
             };
             responses.push(ApplyResponse { result });

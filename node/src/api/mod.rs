@@ -18,6 +18,10 @@ use crate::config::state::{ConfigError, Member};
 use crate::config::{ConfigService, ConfigServiceError, ConfigView};
 use crate::coordinator::{is_alive, AdminError, Coordinator};
 use crate::membership::{Membership, Peer};
+use crate::message::PublishError;
+
+pub mod messages;
+pub mod routes;
 
 /// Longest key accepted by `Locate`, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
@@ -61,7 +65,15 @@ impl From<ApiError> for Status {
                     }
                     status
                 }
-                ConfigServiceError::Rejected(ConfigError::UnknownNode(_)) => Status::not_found(message),
+                ConfigServiceError::Rejected(ConfigError::UnknownNode(_) | ConfigError::UnknownRoute(_)) => {
+                    Status::not_found(message)
+                }
+                ConfigServiceError::Rejected(ConfigError::InvalidRoute(_) | ConfigError::Invalid { .. }) => {
+                    Status::invalid_argument(message)
+                }
+                ConfigServiceError::Rejected(ConfigError::VersionMismatch { .. }) => {
+                    Status::failed_precondition(message)
+                }
                 ConfigServiceError::Rejected(_) => Status::failed_precondition(message),
                 ConfigServiceError::Unavailable(_) => Status::unavailable(message),
             },
@@ -71,6 +83,30 @@ impl From<ApiError> for Status {
                 Status::invalid_argument(message)
             }
         }
+    }
+}
+
+/// The gRPC status of a publish failure (used by unary and streaming publish alike).
+pub fn publish_error_status(error: &PublishError) -> Status {
+    let message = error.to_string();
+    metrics::counter!(crate::metrics::PUBLISH_ERRORS, "code" => publish_error_code(error)).increment(1);
+    match error {
+        PublishError::NoRoute(_) => Status::not_found(message),
+        PublishError::InvalidTopic(_) | PublishError::PayloadTooLarge { .. } => {
+            Status::invalid_argument(message)
+        }
+        PublishError::Unavailable(_) => Status::unavailable(message),
+        PublishError::HandlerFailed(_) => Status::internal(message),
+    }
+}
+
+fn publish_error_code(error: &PublishError) -> &'static str {
+    match error {
+        PublishError::NoRoute(_) => "no_route",
+        PublishError::InvalidTopic(_) => "invalid_topic",
+        PublishError::PayloadTooLarge { .. } => "payload_too_large",
+        PublishError::Unavailable(_) => "unavailable",
+        PublishError::HandlerFailed(_) => "handler_failed",
     }
 }
 

@@ -1,0 +1,53 @@
+//! Node logs: any line containing `panicked` is a failure (a node must never panic, whatever
+//! the nemesis did).
+//!
+//! Reads every `*.log` file of the run's `nodes/` directory; lists at most 20 lines.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use super::{CheckResult, Verdict};
+
+/// Scans `dir` for `*.log` files and reports lines containing `panicked`.
+pub fn check_panics(dir: &Path) -> CheckResult {
+    const NAME: &str = "no node panicked";
+    let mut files = 0usize;
+    let mut hits = Vec::new();
+    let mut total = 0usize;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    entries.sort();
+    for path in entries {
+        if path.extension().and_then(|e| e.to_str()) != Some("log") {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(&path) else { continue };
+        files += 1;
+        let text = String::from_utf8_lossy(&bytes);
+        for (n, line) in text.lines().enumerate() {
+            if line.contains("panicked") {
+                total += 1;
+                if hits.len() < 20 {
+                    let name = path
+                        .file_name()
+                        .map(|f| f.to_string_lossy().to_string())
+                        .unwrap_or_default();
+                    hits.push(json!({"file": name, "line": n + 1, "text": line.chars().take(300).collect::<String>()}));
+                }
+            }
+        }
+    }
+    if files == 0 {
+        return CheckResult::new("panics", NAME, Verdict::Unknown, "no node logs found", json!({}));
+    }
+    let verdict = if total > 0 { Verdict::Fail } else { Verdict::Pass };
+    CheckResult::new(
+        "panics",
+        NAME,
+        verdict,
+        format!("{files} logs, {total} lines with 'panicked'"),
+        json!({"files": files, "lines": total, "examples": hits}),
+    )
+}

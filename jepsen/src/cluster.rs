@@ -1,0 +1,411 @@
+//! The cluster under test: `routemq` node processes and a Mosquitto broker, each started
+//! inside its own namespace with `ip netns exec` (which execs, so the child's pid is the
+//! node's pid and signals reach it directly).
+//!
+//! Owns the processes: start (bootstrap or join through seeds), kill -9, SIGSTOP/SIGCONT,
+//! wipe a data directory, wait for `/ready`, ask who the Raft leader is, and stop everything.
+//! Every start appends to the node's log (`<run>/nodes/<id>.log`) after a marker line, so a
+//! log tells the whole life of a node across restarts.
+//!
+//! Non-goals: deciding *when* to do any of this (that is the nemesis) or checking anything.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use routemq_client::{Client, ClientOptions, ReadConsistency};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::net::{Layout, MQTT_PORT};
+
+/// What the cluster is started with.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Directory with the `routemq` binary.
+    pub bin_dir: PathBuf,
+    /// Node data directories go under `<data_dir>/<id>`.
+    pub data_dir: PathBuf,
+    /// Logs go to `<log_dir>/<id>.log`.
+    pub log_dir: PathBuf,
+    /// Partitions of the ring (power of two).
+    pub partitions: u32,
+    /// `ROUTEMQ_LOG` filter for the nodes.
+    pub log_filter: String,
+}
+
+/// How a node starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// Create the cluster (empty data directory).
+    Bootstrap,
+    /// Join or resume through the other nodes' gossip addresses.
+    Join,
+}
+
+/// One node's process state.
+#[derive(Debug)]
+struct NodeProc {
+    child: Option<Child>,
+    paused: bool,
+    starts: u32,
+}
+
+/// The running cluster and broker.
+pub struct Cluster {
+    /// Names and addresses.
+    pub layout: Layout,
+    spec: ClusterSpec,
+    nodes: BTreeMap<String, NodeProc>,
+    broker: Option<Child>,
+}
+
+/// `GET /path` on `addr`; the HTTP status code, or `None` when there is no answer in time.
+pub async fn http_status(addr: &str, path: &str, within: Duration) -> Option<u16> {
+    let fut = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = vec![0u8; 64];
+        let n = stream.read(&mut buf).await.ok()?;
+        let head = String::from_utf8_lossy(&buf[..n]);
+        head.split_whitespace().nth(1)?.parse().ok()
+    };
+    timeout(within, fut).await.ok().flatten()
+}
+
+impl Cluster {
+    /// A cluster with no process started yet.
+    pub fn new(layout: Layout, spec: ClusterSpec) -> Result<Cluster> {
+        let bin = spec.bin_dir.join("routemq");
+        if !bin.exists() {
+            bail!(
+                "{} not found: build the node first (cargo build -p routemq-node -p routemq-client --bins) or set ROUTEMQ_BIN_DIR",
+                bin.display()
+            );
+        }
+        std::fs::create_dir_all(&spec.data_dir)?;
+        std::fs::create_dir_all(&spec.log_dir)?;
+        let nodes = layout
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    NodeProc {
+                        child: None,
+                        paused: false,
+                        starts: 0,
+                    },
+                )
+            })
+            .collect();
+        Ok(Cluster {
+            layout,
+            spec,
+            nodes,
+            broker: None,
+        })
+    }
+
+    /// Node ids.
+    pub fn node_ids(&self) -> Vec<String> {
+        self.layout.nodes.clone()
+    }
+
+    /// gRPC addresses of all nodes.
+    pub fn grpc_addrs(&self) -> Vec<String> {
+        self.layout.nodes.iter().map(|n| self.layout.grpc(n)).collect()
+    }
+
+    fn log(&self, node: &str, line: &str) {
+        let path = self.spec.log_dir.join(format!("{node}.log"));
+        if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "=== jepsen: {line}");
+        }
+    }
+
+    /// Starts the broker in its namespace (Mosquitto, anonymous, no persistence).
+    pub async fn start_broker(&mut self) -> Result<()> {
+        let conf = self.spec.log_dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {MQTT_PORT} {}\nallow_anonymous true\npersistence false\nlog_dest stdout\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
+                self.layout.broker_ip()
+            ),
+        )?;
+        let mosquitto = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("mosquitto");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.spec.log_dir.join("mosquitto.log"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.layout.ns("mq"), mosquitto, "-c"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start mosquitto")?;
+        self.broker = Some(child);
+        let addr = format!("{}:{MQTT_PORT}", self.layout.broker_ip());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if TcpStream::connect(&addr).await.is_ok() {
+                return Ok(());
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+        bail!("mosquitto did not listen on {addr} within 10 s (see mosquitto.log)")
+    }
+
+    /// Starts a node (it must not be running).
+    pub fn start_node(&mut self, node: &str, mode: StartMode) -> Result<()> {
+        let layout = self.layout.clone();
+        let data_dir = self.spec.data_dir.join(node);
+        std::fs::create_dir_all(&data_dir)?;
+        let proc_ = self.nodes.get_mut(node).context("unknown node")?;
+        if proc_.child.is_some() {
+            bail!("{node} is already running");
+        }
+        proc_.starts += 1;
+        let starts = proc_.starts;
+        self.log(node, &format!("start #{starts} ({mode:?})"));
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.spec.log_dir.join(format!("{node}.log")))?;
+        let bin = self.spec.bin_dir.join("routemq");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &layout.ns(node)])
+            .arg(&bin)
+            .args(["start", "--node-id", node])
+            .args(["--grpc", &layout.grpc(node)])
+            .args(["--gossip", &layout.gossip(node)])
+            .args(["--http", &layout.http(node)])
+            .arg("--data-dir")
+            .arg(&data_dir);
+        match mode {
+            StartMode::Bootstrap => {
+                cmd.args(["--bootstrap", "--partitions", &self.spec.partitions.to_string()]);
+            }
+            StartMode::Join => {
+                let seeds: Vec<String> = layout
+                    .nodes
+                    .iter()
+                    .filter(|n| n.as_str() != node)
+                    .map(|n| layout.gossip(n))
+                    .collect();
+                cmd.args(["--seed", &seeds.join(",")]);
+            }
+        }
+        // The Python RouteMQ's variables, which RouteMQ honours for its MQTT ingress.
+        cmd.env("ROUTEMQ_LOG", &self.spec.log_filter)
+            .env("MQTT_BROKER", layout.broker_ip().to_string())
+            .env("MQTT_PORT", MQTT_PORT.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        let child = cmd.spawn().with_context(|| format!("cannot start {node}"))?;
+        let proc_ = self.nodes.get_mut(node).expect("checked above");
+        proc_.child = Some(child);
+        proc_.paused = false;
+        Ok(())
+    }
+
+    /// True when the node's process is running (possibly paused).
+    pub fn is_running(&mut self, node: &str) -> bool {
+        let Some(p) = self.nodes.get_mut(node) else {
+            return false;
+        };
+        match p.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                p.child = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Nodes whose process exited by itself (not killed by us): (node, exit status).
+    pub fn exited(&mut self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (id, p) in self.nodes.iter_mut() {
+            if let Some(child) = p.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    out.push((id.clone(), status.to_string()));
+                    p.child = None;
+                }
+            }
+        }
+        out
+    }
+
+    fn pid(&self, node: &str) -> Option<i32> {
+        self.nodes.get(node)?.child.as_ref()?.id().map(|p| p as i32)
+    }
+
+    /// kill -9, then waits for the process to go.
+    pub async fn kill(&mut self, node: &str) -> Result<()> {
+        self.log(node, "kill -9");
+        let Some(p) = self.nodes.get_mut(node) else {
+            bail!("unknown node {node}")
+        };
+        if let Some(mut child) = p.child.take() {
+            let _ = child.start_kill();
+            let _ = timeout(Duration::from_secs(10), child.wait()).await;
+        }
+        p.paused = false;
+        Ok(())
+    }
+
+    /// SIGSTOP.
+    pub fn pause(&mut self, node: &str) -> Result<()> {
+        let pid = self.pid(node).with_context(|| format!("{node} is not running"))?;
+        self.log(node, "SIGSTOP");
+        // SAFETY: kill(2) on the pid of a child we spawned.
+        if unsafe { libc::kill(pid, libc::SIGSTOP) } != 0 {
+            bail!("SIGSTOP {node}: {}", std::io::Error::last_os_error());
+        }
+        if let Some(p) = self.nodes.get_mut(node) {
+            p.paused = true;
+        }
+        Ok(())
+    }
+
+    /// SIGCONT.
+    pub fn resume(&mut self, node: &str) -> Result<()> {
+        let Some(pid) = self.pid(node) else { return Ok(()) };
+        self.log(node, "SIGCONT");
+        // SAFETY: kill(2) on the pid of a child we spawned.
+        if unsafe { libc::kill(pid, libc::SIGCONT) } != 0 {
+            bail!("SIGCONT {node}: {}", std::io::Error::last_os_error());
+        }
+        if let Some(p) = self.nodes.get_mut(node) {
+            p.paused = false;
+        }
+        Ok(())
+    }
+
+    /// True when the node is paused.
+    pub fn is_paused(&self, node: &str) -> bool {
+        self.nodes.get(node).is_some_and(|p| p.paused)
+    }
+
+    /// Deletes a (stopped) node's data directory.
+    pub fn wipe(&mut self, node: &str) -> Result<()> {
+        if self.pid(node).is_some() {
+            bail!("{node} is running; kill it before wiping");
+        }
+        self.log(node, "wipe data directory");
+        let dir = self.spec.data_dir.join(node);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("cannot wipe {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every node in `nodes` answers 200 on `/ready`.
+    pub async fn wait_ready(&mut self, nodes: &[String], within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        let mut pending: Vec<String> = nodes.to_vec();
+        while !pending.is_empty() {
+            let mut still = Vec::new();
+            for n in pending {
+                if !self.is_running(&n) {
+                    bail!("{n} exited while starting (see its log)");
+                }
+                if http_status(&self.layout.http(&n), "/ready", Duration::from_secs(1)).await != Some(200) {
+                    still.push(n);
+                }
+            }
+            pending = still;
+            if pending.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("not ready within {within:?}: {}", pending.join(", "));
+            }
+            sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
+    /// A client over every node (short timeouts, for the nemesis and setup).
+    pub fn admin_client(&self, total: Duration) -> Result<Client> {
+        let options = ClientOptions::default()
+            .with_connect_timeout(Duration::from_millis(500))
+            .with_request_timeout(Duration::from_secs(2))
+            .with_total_timeout(total)
+            .with_discover_members(false);
+        Ok(Client::new(self.grpc_addrs(), options)?)
+    }
+
+    /// The Raft leader's node id, from a linearizable status read; `None` if no leader
+    /// answers within `within`.
+    pub async fn leader(&self, within: Duration) -> Option<String> {
+        let client = self.admin_client(within).ok()?;
+        let status = timeout(within, client.status(ReadConsistency::Linearizable))
+            .await
+            .ok()?
+            .ok()?;
+        (!status.raft_leader.is_empty()).then_some(status.raft_leader)
+    }
+
+    /// Starts every node: the first bootstraps, the others join; waits until all are ready.
+    pub async fn start_all(&mut self, within: Duration) -> Result<()> {
+        let nodes = self.node_ids();
+        let first = nodes[0].clone();
+        self.start_node(&first, StartMode::Bootstrap)?;
+        self.wait_ready(std::slice::from_ref(&first), within).await?;
+        for n in &nodes[1..] {
+            self.start_node(n, StartMode::Join)?;
+        }
+        self.wait_ready(&nodes, within).await?;
+        // Every node a member of the ring.
+        let client = self.admin_client(Duration::from_secs(10))?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(status) = client.status(ReadConsistency::Linearizable).await {
+                if status.members.len() == nodes.len() && !status.raft_leader.is_empty() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the cluster did not reach {} members within {within:?}",
+                    nodes.len()
+                );
+            }
+            sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Stops everything: SIGCONT then SIGKILL every node and the broker, and waits for them.
+    pub async fn stop_all(&mut self) {
+        let ids = self.node_ids();
+        for n in &ids {
+            let _ = self.resume(n);
+            if self.pid(n).is_some() {
+                let _ = self.kill(n).await;
+            }
+        }
+        if let Some(mut b) = self.broker.take() {
+            let _ = b.start_kill();
+            let _ = timeout(Duration::from_secs(5), b.wait()).await;
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! The ordered-stream workload (G2-G5): producers publish `(key, producer, seq)` to an ordered
+//! route with the journal handler; readers read journals back.
+//!
+//! - Setup: `Routes.PutRoute` of `jstream` = pattern `jstream/{key}/{producer}`, key parameter
+//!   `key`, mode ordered, handler journal (retried until it succeeds or 30 s pass).
+//! - `publish` (producers, over gRPC `Messages.Publish` to the node they are bound to): topic
+//!   `jstream/<key>/<process>`, message id `<key>:<process>:<seq>`, payload the same as JSON.
+//!   The process id is the producer: after an `info` the producer continues as a new process,
+//!   so its sequence numbers only need to be ordered among its own, acknowledged or not.
+//! - `read-journal` (one reader during the run) and `final-read` (after healing, a fresh process
+//!   per key, retried on every node in turn): `Messages.ReadJournal` from offset 0 to the end.
+//!
+//! If the Messages or Routes service answers `UNIMPLEMENTED`, every operation is recorded as
+//! `fail` with that reason and the clients slow down to one attempt per second; the checkers
+//! then report `not-run`.
+//!
+//! Non-goals yet: MQTT QoS 1 producers through the broker (the broker runs, the ingress is
+//! being built).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use routemq_proto::v1::messages_client::MessagesClient;
+use routemq_proto::v1::routes_client::RoutesClient;
+use routemq_proto::v1::{
+    handler, Handler, JournalHandler, PublishRequest, PutRouteRequest, ReadJournalRequest, Route, RouteMode,
+};
+use serde_json::{json, Value};
+use tokio::time::{sleep, timeout, Instant};
+
+use super::{classify, status_text, Channels, Classified, WorkloadConfig};
+use crate::checker::stream::message_id;
+use crate::history::{Op, OpKind, Process, Recorder};
+
+/// Name of the route.
+pub const ROUTE: &str = "jstream";
+
+/// Key names.
+pub fn keys(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("k{i}")).collect()
+}
+
+/// The route definition.
+pub fn route() -> Route {
+    Route {
+        name: ROUTE.to_string(),
+        pattern: "jstream/{key}/{producer}".to_string(),
+        key_param: "key".to_string(),
+        qos: 1,
+        mode: RouteMode::Ordered as i32,
+        worker_count: 1,
+        handler: Some(Handler {
+            kind: Some(handler::Kind::Journal(JournalHandler {})),
+        }),
+        group: String::new(),
+        version: 0,
+        priority: 0,
+    }
+}
+
+/// Creates the route through any node, following NotLeader answers; records it as a
+/// `setup-route` operation. Returns the error text if it never succeeded.
+pub async fn setup(
+    recorder: &Recorder,
+    nodes: &[(String, String)],
+    process: u64,
+    within: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    let mut channels = Channels::default();
+    let mut attempt = 0usize;
+    loop {
+        let (node, addr) = &nodes[attempt % nodes.len()];
+        let invoke = recorder.record(
+            Op::new(OpKind::Invoke, Process::Client(process), "setup-route")
+                .key(ROUTE)
+                .node(node),
+        );
+        let mut at = addr.clone();
+        let mut outcome = Err(Classified::Fail("no attempt".into()));
+        for _ in 0..4 {
+            let channel = match channels.get(&at) {
+                Ok(c) => c,
+                Err(s) => {
+                    outcome = Err(Classified::Fail(status_text(&s)));
+                    break;
+                }
+            };
+            let req = PutRouteRequest {
+                route: Some(route()),
+                expected_version: None,
+            };
+            match timeout(Duration::from_secs(5), RoutesClient::new(channel).put_route(req)).await {
+                Ok(Ok(_)) => {
+                    outcome = Ok(());
+                    break;
+                }
+                Ok(Err(status)) => match classify(&status, false) {
+                    Classified::Redirect(leader) => at = leader,
+                    other => {
+                        outcome = Err(other);
+                        break;
+                    }
+                },
+                Err(_) => {
+                    outcome = Err(Classified::Info("TIMEOUT".into()));
+                    break;
+                }
+            }
+        }
+        match outcome {
+            Ok(()) => {
+                recorder.record(Op::completion_of(&invoke, OpKind::Ok));
+                return Ok(());
+            }
+            Err(Classified::Fail(e) | Classified::Redirect(e)) => {
+                let stop = e.starts_with("UNIMPLEMENTED");
+                recorder.record(Op::completion_of(&invoke, OpKind::Fail).error(e.clone()));
+                if stop || Instant::now() > deadline {
+                    return Err(e);
+                }
+            }
+            Err(Classified::Info(e)) => {
+                recorder.record(Op::completion_of(&invoke, OpKind::Info).error(e.clone()));
+                if Instant::now() > deadline {
+                    return Err(e);
+                }
+            }
+        }
+        attempt += 1;
+        sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One producer.
+#[derive(Debug, Clone)]
+pub struct ProducerSpec {
+    /// First process id.
+    pub process: u64,
+    /// Added to the process id after an `info`.
+    pub stride: u64,
+    /// Node it publishes to.
+    pub node: String,
+    /// That node's gRPC address.
+    pub addr: String,
+    /// RNG seed.
+    pub seed: u64,
+}
+
+/// Runs one producer until `deadline`.
+pub async fn run_producer(
+    spec: ProducerSpec,
+    keys: Arc<Vec<String>>,
+    cfg: WorkloadConfig,
+    recorder: Arc<Recorder>,
+    deadline: Instant,
+) {
+    let mut rng = StdRng::seed_from_u64(spec.seed);
+    let mut channels = Channels::default();
+    let mut process = spec.process;
+    let mut seqs: HashMap<String, u64> = HashMap::new();
+    loop {
+        let think = cfg.think.mul_f64(rng.random_range(0.0..2.0));
+        if Instant::now() + think >= deadline {
+            break;
+        }
+        sleep(think).await;
+        let key = keys[rng.random_range(0..keys.len())].clone();
+        let seq = {
+            let s = seqs.entry(key.clone()).or_insert(0);
+            *s += 1;
+            *s
+        };
+        let id = message_id(&key, process, seq);
+        let value = json!({"key": key, "producer": process, "seq": seq, "id": id});
+        let invoke = recorder.record(
+            Op::new(OpKind::Invoke, Process::Client(process), "publish")
+                .key(&key)
+                .node(&spec.node)
+                .value(value.clone()),
+        );
+        let req = PublishRequest {
+            topic: format!("jstream/{key}/{process}"),
+            payload: value.to_string().into_bytes(),
+            message_id: id.clone(),
+            request_id: 0,
+        };
+        let call = async {
+            let channel = channels.get(&spec.addr)?;
+            MessagesClient::new(channel).publish(req).await
+        };
+        let done = match timeout(cfg.op_timeout, call).await {
+            Ok(Ok(resp)) => {
+                let r = resp.into_inner();
+                Op::completion_of(&invoke, OpKind::Ok)
+                    .value(json!(id))
+                    .extra(json!({
+                        "partition": r.partition, "processed_by": r.processed_by, "epoch": r.epoch,
+                        "route": r.route, "key": r.key,
+                    }))
+            }
+            Ok(Err(status)) => match classify(&status, false) {
+                Classified::Fail(e) | Classified::Redirect(e) => {
+                    Op::completion_of(&invoke, OpKind::Fail).value(json!(id)).error(e)
+                }
+                Classified::Info(e) if e.to_ascii_lowercase().contains("connection refused") => {
+                    Op::completion_of(&invoke, OpKind::Fail).value(json!(id)).error(e)
+                }
+                Classified::Info(e) => Op::completion_of(&invoke, OpKind::Info).value(json!(id)).error(e),
+            },
+            Err(_) => Op::completion_of(&invoke, OpKind::Info)
+                .value(json!(id))
+                .error(format!("TIMEOUT: no answer within {:?}", cfg.op_timeout)),
+        };
+        let kind = done.kind;
+        let unimplemented = done
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("UNIMPLEMENTED"));
+        recorder.record(done);
+        match kind {
+            OpKind::Info => {
+                // Crashed: a new producer takes over (its sequence numbers start again at 1).
+                process += spec.stride;
+                seqs.clear();
+                sleep(Duration::from_millis(200)).await;
+            }
+            OpKind::Fail if unimplemented => sleep(Duration::from_secs(1)).await,
+            OpKind::Fail => sleep(Duration::from_millis(100)).await,
+            _ => {}
+        }
+    }
+}
+
+/// Reads a key's whole journal through `addr`: the entries as history values.
+async fn read_journal(channels: &mut Channels, addr: &str, key: &str) -> Result<Vec<Value>, String> {
+    let channel = channels.get(addr).map_err(|s| status_text(&s))?;
+    let mut client = MessagesClient::new(channel);
+    let mut from = 0u64;
+    let mut out = Vec::new();
+    for _ in 0..10_000 {
+        let resp = client
+            .read_journal(ReadJournalRequest {
+                route: ROUTE.to_string(),
+                key: key.to_string(),
+                from_offset: from,
+                limit: 1000,
+            })
+            .await
+            .map_err(|s| status_text(&s))?
+            .into_inner();
+        let n = resp.entries.len();
+        for e in resp.entries {
+            out.push(
+                json!({"o": e.offset, "id": e.message_id, "by": e.processed_by, "ep": e.epoch,
+                            "at": e.processed_at_unix_ms, "p": e.partition}),
+            );
+        }
+        if resp.end || n == 0 {
+            return Ok(out);
+        }
+        from = resp.next_offset.max(from + n as u64);
+    }
+    Err("journal did not end after 10000 pages".into())
+}
+
+/// Performs and records one journal read (`f` = `read-journal` or `final-read`).
+async fn read_once(
+    recorder: &Recorder,
+    channels: &mut Channels,
+    f: &str,
+    process: u64,
+    node: &str,
+    addr: &str,
+    key: &str,
+    within: Duration,
+) -> Result<(), String> {
+    let invoke = recorder.record(
+        Op::new(OpKind::Invoke, Process::Client(process), f)
+            .key(key)
+            .node(node),
+    );
+    let result = match timeout(within, read_journal(channels, addr, key)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("TIMEOUT: no answer within {within:?}")),
+    };
+    match result {
+        Ok(entries) => {
+            let n = entries.len();
+            recorder.record(
+                Op::completion_of(&invoke, OpKind::Ok)
+                    .value(Value::Array(entries))
+                    .extra(json!({"entries": n})),
+            );
+            Ok(())
+        }
+        Err(e) => {
+            recorder.record(Op::completion_of(&invoke, OpKind::Fail).error(e.clone()));
+            Err(e)
+        }
+    }
+}
+
+/// A reader during the run: every ~`period`, one random key's whole journal through the
+/// next node.
+pub async fn run_reader(
+    process: u64,
+    nodes: Vec<(String, String)>,
+    keys: Arc<Vec<String>>,
+    recorder: Arc<Recorder>,
+    period: Duration,
+    op_timeout: Duration,
+    deadline: Instant,
+    seed: u64,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut channels = Channels::default();
+    let mut i = 0usize;
+    while Instant::now() + period < deadline {
+        sleep(period).await;
+        let (node, addr) = &nodes[i % nodes.len()];
+        i += 1;
+        let key = &keys[rng.random_range(0..keys.len())];
+        if let Err(e) = read_once(
+            &recorder,
+            &mut channels,
+            "read-journal",
+            process,
+            node,
+            addr,
+            key,
+            op_timeout,
+        )
+        .await
+        {
+            if e.starts_with("UNIMPLEMENTED") {
+                sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+/// After healing: for every key a fresh process reads the journal to the end, trying the
+/// nodes in turn until it succeeds or `within` passes. Returns the keys never read.
+pub async fn final_reads(
+    recorder: &Recorder,
+    nodes: &[(String, String)],
+    keys: &[String],
+    first_process: u64,
+    op_timeout: Duration,
+    within: Duration,
+) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    let mut channels = Channels::default();
+    let mut unread = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let process = first_process + i as u64;
+        let mut attempt = 0usize;
+        loop {
+            let (node, addr) = &nodes[(i + attempt) % nodes.len()];
+            let result = read_once(
+                recorder,
+                &mut channels,
+                "final-read",
+                process,
+                node,
+                addr,
+                key,
+                op_timeout,
+            )
+            .await;
+            match result {
+                Ok(()) => break,
+                Err(e) if e.starts_with("UNIMPLEMENTED") => {
+                    unread.push(key.clone());
+                    break;
+                }
+                Err(_) => {}
+            }
+            attempt += 1;
+            if Instant::now() > deadline {
+                unread.push(key.clone());
+                break;
+            }
+            sleep(Duration::from_millis(300)).await;
+        }
+    }
+    unread
+}

@@ -1,0 +1,147 @@
+//! `routemq.v1.Messages`: publish into the cluster and read journals back.
+//!
+//! `Publish` answers once the key's owner accepted the message. `PublishStream` answers every
+//! request, in request order; requests for the same key are dispatched one after the other
+//! (so a producer's order per key survives retries and re-sends), other keys concurrently.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::future::{BoxFuture, Shared};
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
+use routemq_proto::v1 as pb;
+use routemq_proto::v1::messages_server::Messages;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::publish_error_status;
+use crate::dispatch::Dispatcher;
+use crate::message::{Dispatch, InboundMessage};
+
+/// Most requests of one stream in flight at once.
+const STREAM_WINDOW: usize = 512;
+
+/// Implementation of `routemq.v1.Messages`.
+pub struct MessagesApi {
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl MessagesApi {
+    /// Serves publishes through `dispatcher`.
+    pub fn new(dispatcher: Arc<Dispatcher>) -> Self {
+        Self { dispatcher }
+    }
+}
+
+fn inbound(request: &pb::PublishRequest) -> InboundMessage {
+    InboundMessage {
+        topic: request.topic.clone(),
+        payload: request.payload.clone(),
+        message_id: request.message_id.clone(),
+    }
+}
+
+fn response(request_id: u64, accepted: crate::message::Accepted) -> pb::PublishResponse {
+    pb::PublishResponse {
+        request_id,
+        message_id: accepted.message_id,
+        route: accepted.route,
+        key: accepted.key,
+        partition: accepted.partition,
+        processed_by: accepted.processed_by,
+        epoch: accepted.epoch,
+        error: String::new(),
+        error_code: 0,
+    }
+}
+
+#[tonic::async_trait]
+impl Messages for MessagesApi {
+    async fn publish(
+        &self,
+        request: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let request = request.into_inner();
+        let accepted = self
+            .dispatcher
+            .dispatch(inbound(&request))
+            .await
+            .map_err(|e| publish_error_status(&e))?;
+        Ok(Response::new(response(request.request_id, accepted)))
+    }
+
+    type PublishStreamStream = ReceiverStream<Result<pb::PublishResponse, Status>>;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<pb::PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let mut requests = request.into_inner();
+        let dispatcher = self.dispatcher.clone();
+        let (tx, rx) = mpsc::channel(STREAM_WINDOW);
+        // Lives as long as the stream: ends when the client closes it or stops reading.
+        tokio::spawn(async move {
+            let mut in_flight: FuturesOrdered<BoxFuture<'static, pb::PublishResponse>> =
+                FuturesOrdered::new();
+            let mut tails: HashMap<String, Shared<BoxFuture<'static, ()>>> = HashMap::new();
+            let mut open = true;
+            while open || !in_flight.is_empty() {
+                tokio::select! {
+                    next = requests.next(), if open && in_flight.len() < STREAM_WINDOW => match next {
+                        Some(Ok(request)) => {
+                            let chain_key = dispatcher.ordering_key(&request.topic).unwrap_or_else(|| request.topic.clone());
+                            let previous = tails.get(&chain_key).cloned();
+                            let dispatcher = dispatcher.clone();
+                            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+                            let work = async move {
+                                if let Some(previous) = previous {
+                                    previous.await;
+                                }
+                                let result = dispatcher.dispatch(inbound(&request)).await;
+                                let _ = done_tx.send(());
+                                match result {
+                                    Ok(accepted) => response(request.request_id, accepted),
+                                    Err(e) => {
+                                        let status = publish_error_status(&e);
+                                        pb::PublishResponse {
+                                            request_id: request.request_id,
+                                            message_id: request.message_id,
+                                            error: status.message().to_string(),
+                                            error_code: status.code() as i32,
+                                            ..Default::default()
+                                        }
+                                    }
+                                }
+                            };
+                            let tail: BoxFuture<'static, ()> = async move { let _ = done_rx.await; }.boxed();
+                            tails.insert(chain_key, tail.shared());
+                            in_flight.push_back(work.boxed());
+                        }
+                        Some(Err(_)) | None => open = false,
+                    },
+                    Some(done) = in_flight.next() => {
+                        if tx.send(Ok(done)).await.is_err() {
+                            return;
+                        }
+                        if in_flight.is_empty() {
+                            tails.clear();
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn read_journal(
+        &self,
+        request: Request<pb::ReadJournalRequest>,
+    ) -> Result<Response<pb::ReadJournalResponse>, Status> {
+        self.dispatcher
+            .read_journal(request.into_inner(), false)
+            .await
+            .map(Response::new)
+    }
+}

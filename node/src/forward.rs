@@ -1,0 +1,348 @@
+//! Forwarding: moving messages to their partition's owner over gRPC.
+//!
+//! Client side ([`Forwarder`]): one long-lived bidirectional `Forward/Stream` per peer,
+//! carried by a [`PeerLink`] task. Callers queue messages on the link (a bounded queue: when
+//! it is full they wait, which is the backpressure that reaches ingress); the link batches
+//! whatever is queued (up to [`MAX_BATCH`] messages per frame), tags each batch with the
+//! sender's epoch and each message with a sequence number, and completes each caller when the
+//! peer acknowledges its message. The peer answers acks in the order it received the batches,
+//! so the link matches them FIFO. If the stream breaks, every unacknowledged message is
+//! answered `Unavailable` and its caller re-sends (in order: a caller has one message in
+//! flight per key).
+//!
+//! Server side ([`ForwardService`]): for each batch, in order, each message is checked for
+//! ownership at the receiver's epoch and handed to the processor's partition lane (so order is
+//! kept across batches), then the results are sent back in batch order. A receiver that does
+//! not own the partition answers `NotOwner { owner, epoch }`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+use routemq_proto::v1 as pb;
+use routemq_proto::v1::forward_client::ForwardClient;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::config::network::lazy_channel;
+
+/// Most messages in one forwarded frame.
+pub const MAX_BATCH: usize = 256;
+/// Messages queued per peer before callers wait.
+const LINK_QUEUE: usize = 4096;
+
+/// Outcome of forwarding one message.
+pub type ForwardOutcome = Result<pb::ForwardResult, ForwardError>;
+
+/// Why a message could not be forwarded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ForwardError {
+    /// The peer could not be reached or the stream broke before it acknowledged.
+    #[error("peer {addr} unavailable: {reason}")]
+    Unavailable {
+        /// Peer address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+struct Pending {
+    message: pb::ForwardedMessage,
+    epoch: u64,
+    reply: oneshot::Sender<ForwardOutcome>,
+}
+
+/// Long-lived forwarding links to peers, created on first use.
+pub struct Forwarder {
+    node_id: String,
+    links: Mutex<HashMap<String, mpsc::Sender<Pending>>>,
+    tasks: Mutex<JoinSet<()>>,
+    cancel: CancellationToken,
+}
+
+impl Forwarder {
+    /// A forwarder for node `node_id`.
+    pub fn new(node_id: String) -> Self {
+        Self {
+            node_id,
+            links: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(JoinSet::new()),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// Forwards `message` to the node at `addr`, tagged with the sender's `epoch`; resolves with
+    /// the peer's result for it.
+    pub async fn forward(&self, addr: &str, epoch: u64, message: pb::ForwardedMessage) -> ForwardOutcome {
+        let link = self.link(addr);
+        let (reply, done) = oneshot::channel();
+        let unavailable = |reason: &str| ForwardError::Unavailable {
+            addr: addr.to_string(),
+            reason: reason.to_string(),
+        };
+        link.send(Pending {
+            message,
+            epoch,
+            reply,
+        })
+        .await
+        .map_err(|_| unavailable("forwarder stopped"))?;
+        done.await.map_err(|_| unavailable("forwarder stopped"))?
+    }
+
+    fn link(&self, addr: &str) -> mpsc::Sender<Pending> {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(link) = links.get(addr) {
+            if !link.is_closed() {
+                return link.clone();
+            }
+        }
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        let link = PeerLink {
+            addr: addr.to_string(),
+            sender: self.node_id.clone(),
+            queue: rx,
+            cancel: self.cancel.clone(),
+        };
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .spawn(link.run());
+        links.insert(addr.to_string(), tx.clone());
+        tx
+    }
+
+    /// Stops every link; queued messages are answered `Unavailable`.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        while tasks.join_next().await.is_some() {}
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+/// One peer's stream: batches queued messages, matches acks, reconnects after failures.
+struct PeerLink {
+    addr: String,
+    sender: String,
+    queue: mpsc::Receiver<Pending>,
+    cancel: CancellationToken,
+}
+
+impl PeerLink {
+    async fn run(mut self) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            // Wait for work before connecting, so idle peers cost nothing.
+            let first = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                item = self.queue.recv() => match item { Some(p) => p, None => return },
+            };
+            match self.session(first).await {
+                Ok(()) => return,
+                Err(reason) => {
+                    tracing::debug!(peer = %self.addr, %reason, "forward stream ended; reconnecting");
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Runs one stream until it breaks (Err) or the forwarder stops (Ok).
+    async fn session(&mut self, first: Pending) -> Result<(), String> {
+        let mut in_flight: VecDeque<(u64, oneshot::Sender<ForwardOutcome>)> = VecDeque::new();
+        let result = self.session_inner(first, &mut in_flight).await;
+        let reason = match &result {
+            Ok(()) => "forwarder stopped".to_string(),
+            Err(e) => e.clone(),
+        };
+        for (_, reply) in in_flight.drain(..) {
+            let _ = reply.send(Err(ForwardError::Unavailable {
+                addr: self.addr.clone(),
+                reason: reason.clone(),
+            }));
+        }
+        metrics::gauge!(crate::metrics::FORWARD_IN_FLIGHT, "peer" => self.addr.clone()).set(0.0);
+        result
+    }
+
+    async fn session_inner(
+        &mut self,
+        first: Pending,
+        in_flight: &mut VecDeque<(u64, oneshot::Sender<ForwardOutcome>)>,
+    ) -> Result<(), String> {
+        let channel = lazy_channel(&self.addr).map_err(|e| e.to_string())?;
+        let mut client = ForwardClient::new(channel).max_decoding_message_size(64 << 20);
+        let (out_tx, out_rx) = mpsc::channel::<pb::ForwardBatch>(8);
+        let mut next_seq: u64 = 0;
+        let mut batch = self.batch_with(first, &mut next_seq, in_flight);
+        // Open the stream with the first batch already queued.
+        out_tx
+            .send(batch)
+            .await
+            .map_err(|_| "stream closed".to_string())?;
+        let mut inbound: Streaming<pb::ForwardAck> = client
+            .stream(ReceiverStream::new(out_rx))
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        loop {
+            metrics::gauge!(crate::metrics::FORWARD_IN_FLIGHT, "peer" => self.addr.clone())
+                .set(in_flight.len() as f64);
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Ok(()),
+                item = self.queue.recv(), if in_flight.len() < LINK_QUEUE => {
+                    let Some(pending) = item else { return Ok(()) };
+                    batch = self.batch_with(pending, &mut next_seq, in_flight);
+                    out_tx.send(batch).await.map_err(|_| "stream closed".to_string())?;
+                }
+                ack = inbound.message() => {
+                    let ack = ack.map_err(|s| s.message().to_string())?.ok_or("peer closed the stream")?;
+                    for result in ack.results {
+                        match in_flight.pop_front() {
+                            Some((seq, reply)) if seq == result.seq => { let _ = reply.send(Ok(result)); }
+                            Some((seq, reply)) => {
+                                let _ = reply.send(Err(ForwardError::Unavailable {
+                                    addr: self.addr.clone(),
+                                    reason: format!("ack out of order (expected {seq}, got {})", result.seq),
+                                }));
+                                return Err("ack out of order".into());
+                            }
+                            None => return Err("ack for nothing in flight".into()),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Builds a batch from `first` and whatever else is queued (up to [`MAX_BATCH`]). The
+    /// batch carries the highest sender epoch of its messages: epochs only grow, and the
+    /// receiver uses it only to wait until its own config has caught up.
+    fn batch_with(
+        &mut self,
+        first: Pending,
+        next_seq: &mut u64,
+        in_flight: &mut VecDeque<(u64, oneshot::Sender<ForwardOutcome>)>,
+    ) -> pb::ForwardBatch {
+        let mut epoch = 0;
+        let mut messages = Vec::new();
+        let mut next = Some(first);
+        while let Some(mut pending) = next.take() {
+            epoch = epoch.max(pending.epoch);
+            pending.message.seq = *next_seq;
+            in_flight.push_back((*next_seq, pending.reply));
+            *next_seq += 1;
+            messages.push(pending.message);
+            if messages.len() < MAX_BATCH {
+                next = self.queue.try_recv().ok();
+            }
+        }
+        metrics::histogram!(crate::metrics::FORWARD_BATCH_SIZE).record(messages.len() as f64);
+        pb::ForwardBatch {
+            epoch,
+            sender: self.sender.clone(),
+            messages,
+        }
+    }
+}
+
+/// Receives forwarded messages: decides ownership and processes them.
+#[tonic::async_trait]
+pub trait ForwardTarget: Send + Sync + 'static {
+    /// Takes one forwarded message sent under `sender_epoch`. Awaiting this enqueues the message
+    /// (waiting if the partition's queue is full); the returned future resolves with its result.
+    /// Messages accepted one after the other are processed in that order.
+    async fn accept(
+        self: Arc<Self>,
+        sender_epoch: u64,
+        message: pb::ForwardedMessage,
+    ) -> futures::future::BoxFuture<'static, pb::ForwardResult>;
+
+    /// Reads a journal locally on behalf of another node.
+    async fn read_local_journal(
+        self: Arc<Self>,
+        request: pb::ReadJournalRequest,
+    ) -> Result<pb::ReadJournalResponse, Status>;
+}
+
+/// gRPC `routemq.v1.Forward` server.
+pub struct ForwardService<T> {
+    target: Arc<T>,
+}
+
+impl<T> ForwardService<T> {
+    /// Serves forwarded messages into `target`.
+    pub fn new(target: Arc<T>) -> Self {
+        Self { target }
+    }
+}
+
+#[tonic::async_trait]
+impl<T: ForwardTarget> pb::forward_server::Forward for ForwardService<T> {
+    type StreamStream = ReceiverStream<Result<pb::ForwardAck, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<pb::ForwardBatch>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let target = self.target.clone();
+        // This task's lifetime is the stream's: it ends when the sender closes the stream or the
+        // server drops the response (shutdown).
+        tokio::spawn(async move {
+            let mut acks: FuturesOrdered<futures::future::BoxFuture<'static, pb::ForwardAck>> =
+                FuturesOrdered::new();
+            loop {
+                tokio::select! {
+                    batch = inbound.message(), if acks.len() < 64 => match batch {
+                        Ok(Some(batch)) => {
+                            // Enqueue every message now, in order; await the results later.
+                            let mut results = Vec::with_capacity(batch.messages.len());
+                            for message in batch.messages {
+                                results.push(target.clone().accept(batch.epoch, message).await);
+                            }
+                            acks.push_back(Box::pin(async move {
+                                pb::ForwardAck { results: futures::future::join_all(results).await }
+                            }));
+                        }
+                        _ => break,
+                    },
+                    Some(ack) = acks.next() => {
+                        if tx.send(Ok(ack)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            while let Some(ack) = acks.next().await {
+                if tx.send(Ok(ack)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn read_journal(
+        &self,
+        request: Request<pb::ReadJournalRequest>,
+    ) -> Result<Response<pb::ReadJournalResponse>, Status> {
+        self.target
+            .clone()
+            .read_local_journal(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+}

@@ -1,0 +1,447 @@
+//! Handlers: what runs for a message once it reached the node that processes it.
+//!
+//! A [`Handler`] receives the [`Message`] (route, topic, params, key, payload) and a
+//! [`HandlerContext`] (node id, an MQTT [`Publisher`], the journal). Built-ins a user can
+//! configure without Rust: [`LogHandler`], [`RepublishHandler`], [`JournalHandler`]. Rust users
+//! register their own handlers by name in a [`HandlerRegistry`] (the equivalent of the Python
+//! RouteMQ's controllers) and wrap them in [`Middleware`] that can run code before and after
+//! `next`, or exit early. [`RateLimit`] is the built-in middleware (per key or per route).
+//!
+//! Handlers run on the owner, one message at a time per partition for ordered routes. A
+//! handler that fails or panics never takes the node down: the processor counts it, logs it and
+//! writes it to the dead-letter journal (see `processor.rs`).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::journal::{Journal, JournalRecord};
+
+/// A message being processed.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Route name.
+    pub route: String,
+    /// Topic it arrived on.
+    pub topic: String,
+    /// Named parameters extracted from the topic.
+    pub params: Vec<(String, String)>,
+    /// Ordering key.
+    pub key: String,
+    /// Partition of the key.
+    pub partition: u32,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// Producer message id.
+    pub message_id: String,
+    /// Config epoch under which it is processed.
+    pub epoch: u64,
+}
+
+impl Message {
+    /// The value of a named parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Handler failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// Middleware stopped the message (e.g. rate limited).
+    #[error("rejected by middleware: {0}")]
+    Rejected(String),
+    /// The handler failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Publishes MQTT messages (used by `republish`).
+#[async_trait]
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes `payload` to `topic` with `qos`; resolves when the broker accepted it (QoS 1).
+    async fn publish(&self, topic: &str, payload: &[u8], qos: u8) -> Result<(), String>;
+}
+
+/// A publisher for nodes without a broker: every publish fails with a clear reason.
+pub struct NoBroker;
+
+#[async_trait]
+impl Publisher for NoBroker {
+    async fn publish(&self, topic: &str, _payload: &[u8], _qos: u8) -> Result<(), String> {
+        Err(format!(
+            "cannot republish to {topic:?}: no MQTT broker configured"
+        ))
+    }
+}
+
+/// What a handler can use.
+#[derive(Clone)]
+pub struct HandlerContext {
+    /// This node's id.
+    pub node_id: String,
+    /// MQTT publisher.
+    pub publisher: Arc<dyn Publisher>,
+    /// The node's journal.
+    pub journal: Journal,
+}
+
+/// What a handler reports back (for the journal: where the entry went).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Handled {
+    /// Journal offset, for journal handlers.
+    pub journal_offset: Option<u64>,
+    /// True when the message id was already processed (duplicate suppressed).
+    pub duplicate: bool,
+}
+
+/// Processes messages of a route.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one message.
+    async fn handle(&self, ctx: &HandlerContext, message: &Message) -> Result<Handled, HandlerError>;
+}
+
+/// Runs around a handler; calls `next.run(..)` to continue, or returns early.
+#[async_trait]
+pub trait Middleware: Send + Sync + 'static {
+    /// Handles one message, usually by calling `next`.
+    async fn call(
+        &self,
+        ctx: &HandlerContext,
+        message: &Message,
+        next: Next<'_>,
+    ) -> Result<Handled, HandlerError>;
+}
+
+/// The rest of a middleware chain.
+pub struct Next<'a> {
+    middleware: &'a [Arc<dyn Middleware>],
+    handler: &'a dyn Handler,
+}
+
+impl Next<'_> {
+    /// Runs the remaining middleware, then the handler.
+    pub async fn run(self, ctx: &HandlerContext, message: &Message) -> Result<Handled, HandlerError> {
+        match self.middleware.split_first() {
+            Some((first, rest)) => {
+                first
+                    .call(
+                        ctx,
+                        message,
+                        Next {
+                            middleware: rest,
+                            handler: self.handler,
+                        },
+                    )
+                    .await
+            }
+            None => self.handler.handle(ctx, message).await,
+        }
+    }
+}
+
+/// A handler with its middleware, ready to run.
+#[derive(Clone)]
+pub struct Pipeline {
+    middleware: Vec<Arc<dyn Middleware>>,
+    handler: Arc<dyn Handler>,
+}
+
+impl Pipeline {
+    /// A pipeline of `middleware` (outermost first) around `handler`.
+    pub fn new(middleware: Vec<Arc<dyn Middleware>>, handler: Arc<dyn Handler>) -> Self {
+        Self { middleware, handler }
+    }
+
+    /// Runs the message through the middleware and the handler.
+    pub async fn run(&self, ctx: &HandlerContext, message: &Message) -> Result<Handled, HandlerError> {
+        Next {
+            middleware: &self.middleware,
+            handler: self.handler.as_ref(),
+        }
+        .run(ctx, message)
+        .await
+    }
+}
+
+/// Logs each message at info level.
+pub struct LogHandler;
+
+#[async_trait]
+impl Handler for LogHandler {
+    async fn handle(&self, _ctx: &HandlerContext, message: &Message) -> Result<Handled, HandlerError> {
+        tracing::info!(route = %message.route, topic = %message.topic, key = %message.key,
+            message_id = %message.message_id, bytes = message.payload.len(), "message");
+        Ok(Handled::default())
+    }
+}
+
+/// Republishes each message to a topic built from a template with `{param}` placeholders.
+pub struct RepublishHandler {
+    /// Topic template.
+    pub topic_template: String,
+    /// QoS of the republished message.
+    pub qos: u8,
+}
+
+/// Substitutes `{name}` placeholders with parameter values (unknown names are left as is).
+pub fn render_template(template: &str, params: &[(String, String)]) -> String {
+    let mut out = template.to_string();
+    for (name, value) in params {
+        out = out.replace(&format!("{{{name}}}"), value);
+    }
+    out
+}
+
+#[async_trait]
+impl Handler for RepublishHandler {
+    async fn handle(&self, ctx: &HandlerContext, message: &Message) -> Result<Handled, HandlerError> {
+        let topic = render_template(&self.topic_template, &message.params);
+        ctx.publisher
+            .publish(&topic, &message.payload, self.qos)
+            .await
+            .map_err(HandlerError::Failed)?;
+        Ok(Handled::default())
+    }
+}
+
+/// Appends each message to the key's durable journal, suppressing duplicate message ids.
+pub struct JournalHandler;
+
+#[async_trait]
+impl Handler for JournalHandler {
+    async fn handle(&self, ctx: &HandlerContext, message: &Message) -> Result<Handled, HandlerError> {
+        let record = JournalRecord {
+            offset: 0,
+            message_id: message.message_id.clone(),
+            topic: message.topic.clone(),
+            payload: message.payload.clone(),
+            processed_by: ctx.node_id.clone(),
+            epoch: message.epoch,
+            processed_at_unix_ms: now_unix_ms(),
+            partition: message.partition,
+            error: String::new(),
+        };
+        let journal = ctx.journal.clone();
+        let (route, key) = (message.route.clone(), message.key.clone());
+        let appended = tokio::task::spawn_blocking(move || journal.append(&route, &key, record))
+            .await
+            .map_err(|e| HandlerError::Failed(format!("journal task: {e}")))?
+            .map_err(|e| HandlerError::Failed(e.to_string()))?;
+        Ok(Handled {
+            journal_offset: Some(appended.offset),
+            duplicate: appended.duplicate,
+        })
+    }
+}
+
+/// Wall-clock time in Unix milliseconds (0 if the clock is before 1970).
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What a rate limit counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitScope {
+    /// One budget per key.
+    PerKey,
+    /// One budget for the whole route.
+    PerRoute,
+}
+
+/// Middleware that rejects messages over `per_second` (with a burst of the same size), per key
+/// or per route. Rejected messages go to the dead-letter journal like failures.
+pub struct RateLimit {
+    scope: RateLimitScope,
+    limiter: governor::DefaultKeyedRateLimiter<String>,
+}
+
+impl RateLimit {
+    /// A limit of `per_second` messages per second.
+    pub fn new(scope: RateLimitScope, per_second: NonZeroU32) -> Self {
+        Self {
+            scope,
+            limiter: governor::RateLimiter::keyed(governor::Quota::per_second(per_second)),
+        }
+    }
+}
+
+#[async_trait]
+impl Middleware for RateLimit {
+    async fn call(
+        &self,
+        ctx: &HandlerContext,
+        message: &Message,
+        next: Next<'_>,
+    ) -> Result<Handled, HandlerError> {
+        let bucket = match self.scope {
+            RateLimitScope::PerKey => format!("{}\u{0}{}", message.route, message.key),
+            RateLimitScope::PerRoute => message.route.clone(),
+        };
+        if self.limiter.check_key(&bucket).is_err() {
+            metrics::counter!(crate::metrics::RATE_LIMITED, "route" => message.route.clone()).increment(1);
+            return Err(HandlerError::Rejected(format!(
+                "rate limit exceeded for {bucket:?}"
+            )));
+        }
+        next.run(ctx, message).await
+    }
+}
+
+/// Custom handlers and middleware registered by name through the library API.
+#[derive(Clone, Default)]
+pub struct HandlerRegistry {
+    handlers: HashMap<String, Arc<dyn Handler>>,
+    middleware: Vec<Arc<dyn Middleware>>,
+}
+
+impl HandlerRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a handler that routes can name with `handler = { custom = "<name>" }`.
+    pub fn handler(mut self, name: impl Into<String>, handler: impl Handler) -> Self {
+        self.handlers.insert(name.into(), Arc::new(handler));
+        self
+    }
+
+    /// Adds middleware run around every route's handler (outermost first).
+    pub fn middleware(mut self, middleware: impl Middleware) -> Self {
+        self.middleware.push(Arc::new(middleware));
+        self
+    }
+
+    /// The registered handler `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Handler>> {
+        self.handlers.get(name).cloned()
+    }
+
+    /// Middleware in order.
+    pub fn middleware_chain(&self) -> Vec<Arc<dyn Middleware>> {
+        self.middleware.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Recording(Arc<Mutex<Vec<String>>>);
+
+    #[async_trait]
+    impl Handler for Recording {
+        async fn handle(&self, _ctx: &HandlerContext, message: &Message) -> Result<Handled, HandlerError> {
+            self.0.lock().unwrap().push(message.message_id.clone());
+            Ok(Handled::default())
+        }
+    }
+
+    struct Tag(&'static str, Arc<Mutex<Vec<String>>>);
+
+    #[async_trait]
+    impl Middleware for Tag {
+        async fn call(
+            &self,
+            ctx: &HandlerContext,
+            message: &Message,
+            next: Next<'_>,
+        ) -> Result<Handled, HandlerError> {
+            self.1.lock().unwrap().push(format!("{}>", self.0));
+            let result = next.run(ctx, message).await;
+            self.1.lock().unwrap().push(format!("<{}", self.0));
+            result
+        }
+    }
+
+    fn ctx() -> (HandlerContext, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        (
+            HandlerContext {
+                node_id: "n1".into(),
+                publisher: Arc::new(NoBroker),
+                journal,
+            },
+            dir,
+        )
+    }
+
+    fn message(id: &str, key: &str) -> Message {
+        Message {
+            route: "r".into(),
+            topic: format!("s/{key}/d"),
+            params: vec![("id".into(), key.into())],
+            key: key.into(),
+            partition: 3,
+            payload: b"x".to_vec(),
+            message_id: id.into(),
+            epoch: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn middleware_wraps_in_order_and_can_exit_early() {
+        let (ctx, _dir) = ctx();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let pipeline = Pipeline::new(
+            vec![Arc::new(Tag("a", log.clone())), Arc::new(Tag("b", log.clone()))],
+            Arc::new(Recording(log.clone())),
+        );
+        pipeline.run(&ctx, &message("m1", "k")).await.unwrap();
+        assert_eq!(*log.lock().unwrap(), ["a>", "b>", "m1", "<b", "<a"]);
+
+        let limited = Pipeline::new(
+            vec![Arc::new(RateLimit::new(
+                RateLimitScope::PerKey,
+                NonZeroU32::new(2).unwrap(),
+            ))],
+            Arc::new(Recording(log.clone())),
+        );
+        log.lock().unwrap().clear();
+        let results: Vec<bool> = futures::future::join_all((0..4).map(|i| {
+            let ctx = ctx.clone();
+            let limited = limited.clone();
+            async move { limited.run(&ctx, &message(&format!("m{i}"), "k")).await.is_ok() }
+        }))
+        .await;
+        assert_eq!(results.iter().filter(|ok| **ok).count(), 2, "burst of 2 per key");
+        // Another key has its own budget.
+        assert!(limited.run(&ctx, &message("x", "other")).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn journal_handler_suppresses_duplicates() {
+        let (ctx, _dir) = ctx();
+        let first = JournalHandler.handle(&ctx, &message("m1", "k")).await.unwrap();
+        let again = JournalHandler.handle(&ctx, &message("m1", "k")).await.unwrap();
+        assert_eq!((first.journal_offset, first.duplicate), (Some(0), false));
+        assert_eq!((again.journal_offset, again.duplicate), (Some(0), true));
+    }
+
+    #[tokio::test]
+    async fn republish_renders_the_template_and_reports_a_missing_broker() {
+        assert_eq!(
+            render_template("out/{id}/x", &[("id".into(), "d1".into())]),
+            "out/d1/x"
+        );
+        let (ctx, _dir) = ctx();
+        let handler = RepublishHandler {
+            topic_template: "out/{id}".into(),
+            qos: 1,
+        };
+        let err = handler.handle(&ctx, &message("m1", "k")).await.unwrap_err();
+        assert!(err.to_string().contains("out/k"), "{err}");
+    }
+}

@@ -1,0 +1,703 @@
+//! One MQTT connection: the poll loop that drives rumqttc, and the worker that dispatches what
+//! it receives and acknowledges what the cluster accepted.
+//!
+//! The poll loop owns the [`EventLoop`] and never waits on a dispatch: it forwards every
+//! PUBLISH to the worker over a bounded channel (for QoS 1/2 the broker's in-flight window
+//! bounds how many can be outstanding; a QoS 0 message that finds the channel full is dropped
+//! and counted, as QoS 0 allows). The worker dispatches and acknowledges through an
+//! [`AckGate`], which ties every message to the connection generation it arrived on:
+//!
+//! - an acknowledgement is sent only on the connection the message came on (a packet id means
+//!   nothing on the next one, and could acknowledge a different message there);
+//! - after a reconnect, a copy from the old connection is dropped undispatched when the broker
+//!   resumed the persistent session (it redelivers the message itself, in order), and is
+//!   dispatched without acknowledgement when the session is gone (clean sessions always).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, Publish, QoS, StateError,
+    SubscribeReasonCode,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::guard::{AfterPeerClose, Backoff, TakeoverGuard};
+use super::plan::{validate_topic_name, ConnSpec, SubscriptionMode};
+use super::settings::IngressSettings;
+use super::status::{ConnMetrics, ConnectionStatus, StatusRegistry};
+use crate::message::{Accepted, Dispatch, InboundMessage, PublishError};
+
+/// Capacity of rumqttc's request channel (acks, subscribe, disconnect).
+const REQUEST_CAPACITY: usize = 1024;
+/// Messages received but not yet taken by the worker.
+const DELIVERY_CAPACITY: usize = 1024;
+/// A draining shared connection disconnects after this long without a new message.
+const SHARED_DRAIN_IDLE: Duration = Duration::from_millis(200);
+
+/// Everything one connection task needs.
+pub(crate) struct Conn<D> {
+    pub spec: ConnSpec,
+    pub settings: Arc<IngressSettings>,
+    pub dispatcher: Arc<D>,
+    pub status: Arc<StatusRegistry>,
+    /// Graceful stop: finish (within `shutdown_grace`), acknowledge, disconnect.
+    pub stop: CancellationToken,
+}
+
+/// A received message and the connection generation it arrived on.
+struct Delivery {
+    publish: Publish,
+    generation: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Link {
+    /// Bumped each time the connection is lost.
+    generation: u64,
+    connected: bool,
+    /// Messages of generations below this will not be redelivered by the broker.
+    lost_before: u64,
+}
+
+/// What will become of a message received on an earlier connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// It came on the live connection: dispatch and acknowledge.
+    Current,
+    /// The broker resumed the session and sends it again: drop this copy.
+    Redelivered,
+    /// The session is gone: dispatch it, but there is nothing to acknowledge.
+    Lost,
+    /// Disconnected; we learn which at the next CONNACK.
+    Unknown,
+}
+
+/// Sends acknowledgements only on the connection a message arrived on.
+struct AckGate {
+    link: watch::Sender<Link>,
+    client: AsyncClient,
+    persistent: bool,
+}
+
+impl AckGate {
+    fn new(client: AsyncClient, persistent: bool) -> Self {
+        Self {
+            link: watch::Sender::new(Link::default()),
+            client,
+            persistent,
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.link.borrow().generation
+    }
+
+    fn is_connected(&self) -> bool {
+        self.link.borrow().connected
+    }
+
+    fn fate(&self, generation: u64) -> Fate {
+        let link = *self.link.borrow();
+        if link.connected && link.generation == generation {
+            Fate::Current
+        } else if !self.persistent || generation < link.lost_before {
+            Fate::Lost
+        } else if link.connected {
+            Fate::Redelivered
+        } else {
+            Fate::Unknown
+        }
+    }
+
+    /// Waits until the message's fate is known; `None` if `stop` fires first.
+    async fn settled_fate(&self, generation: u64, stop: &CancellationToken) -> Option<Fate> {
+        let mut changes = self.link.subscribe();
+        loop {
+            match self.fate(generation) {
+                Fate::Unknown => {}
+                fate => return Some(fate),
+            }
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return None,
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Called by the poll loop on CONNACK.
+    fn on_connected(&self, session_present: bool) {
+        let persistent = self.persistent;
+        self.link.send_modify(|link| {
+            link.connected = true;
+            if !(persistent && session_present) {
+                link.lost_before = link.generation;
+            }
+        });
+    }
+
+    /// Called by the poll loop when the connection is gone. Under the same lock as the
+    /// generation bump, drops acknowledgements queued for the old connection (rumqttc's
+    /// `clean` keeps every other request), so none can leak onto the next connection.
+    fn on_disconnected(&self, eventloop: &mut EventLoop) {
+        self.link.send_modify(|link| {
+            link.generation += 1;
+            link.connected = false;
+            eventloop.clean();
+        });
+    }
+
+    /// Queues the PUBACK (PUBREC for QoS 2) if `generation` is still the live connection.
+    /// Returns whether it was queued.
+    async fn ack(&self, generation: u64, publish: &Publish) -> bool {
+        if publish.qos == QoS::AtMostOnce {
+            return false;
+        }
+        // The request channel is drained by the poll loop; it is only ever full for moments.
+        for _ in 0..2_000 {
+            {
+                let link = self.link.borrow();
+                if !(link.connected && link.generation == generation) {
+                    return false;
+                }
+                if self.client.try_ack(publish).is_ok() {
+                    return true;
+                }
+            }
+            sleep(Duration::from_millis(1)).await;
+        }
+        false
+    }
+
+    /// Asks the poll loop to send DISCONNECT (it then ends). When not connected the poll loop
+    /// ends by itself on `stop`.
+    async fn request_disconnect(&self) {
+        for _ in 0..200 {
+            if !self.is_connected() || self.client.try_disconnect().is_ok() {
+                return;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Runs one connection until `conn.stop` (graceful) or until the task is aborted.
+pub(crate) async fn run_connection<D: Dispatch>(conn: Conn<D>) {
+    let spec = &conn.spec;
+    let m = ConnMetrics::new(&spec.route, &spec.client_id);
+    conn.status
+        .insert(ConnectionStatus::new(&spec.route, &spec.client_id, spec.mode));
+    m.connected(false);
+    let persistent = spec.mode == SubscriptionMode::Ordered;
+
+    let mut backoff = Backoff::new(
+        conn.settings.reconnect_backoff_min,
+        conn.settings.reconnect_backoff_max,
+    );
+    let (options, network) = loop {
+        match conn.settings.mqtt_options(&spec.client_id, !persistent) {
+            Ok(built) => break built,
+            Err(e) => {
+                warn!(client = %spec.client_id, error = %e, "MQTT ingress cannot build its connection settings");
+                conn.status.set_error(&spec.client_id, e);
+                tokio::select! {
+                    _ = sleep(backoff.next_delay()) => {}
+                    _ = conn.stop.cancelled() => {
+                        conn.status.remove(&spec.client_id);
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+    eventloop.set_network_options(network);
+    let gate = AckGate::new(client, persistent);
+    let (tx, rx) = mpsc::channel(DELIVERY_CAPACITY);
+
+    let poller = poll_loop(&conn, eventloop, &gate, tx, &m);
+    match spec.mode {
+        SubscriptionMode::Ordered => {
+            tokio::join!(poller, ordered_worker(&conn, &gate, rx, &m));
+        }
+        SubscriptionMode::Shared => {
+            tokio::join!(poller, shared_worker(&conn, &gate, rx, &m));
+        }
+    }
+    conn.status.remove(&spec.client_id);
+    m.connected(false);
+    debug!(client = %spec.client_id, "MQTT ingress connection stopped");
+}
+
+/// Drives rumqttc: connects, subscribes, forwards messages, reconnects with backoff.
+async fn poll_loop<D: Dispatch>(
+    conn: &Conn<D>,
+    mut eventloop: EventLoop,
+    gate: &AckGate,
+    tx: mpsc::Sender<Delivery>,
+    m: &ConnMetrics,
+) {
+    let s = &conn.settings;
+    let spec = &conn.spec;
+    let id = spec.client_id.as_str();
+    let mut backoff = Backoff::new(s.reconnect_backoff_min, s.reconnect_backoff_max);
+    let mut guard = TakeoverGuard::new(s.takeover_window, s.takeover_fence_min, s.takeover_fence_max);
+    let mut connected = false;
+    let mut subscribed_once = false;
+    let mut subscribe_pending = false;
+    let mut failures_in_a_row = 0u32;
+    let qos = match spec.qos {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    };
+
+    loop {
+        if subscribe_pending && connected {
+            subscribe_pending = !send_subscribe(gate, spec, qos, subscribed_once);
+        }
+        let event = if connected {
+            // Never cancelled while connected: rumqttc's poll is not cancel-safe mid-write.
+            // A stop reaches us as a DISCONNECT request from the worker.
+            eventloop.poll().await
+        } else {
+            tokio::select! {
+                biased;
+                _ = conn.stop.cancelled() => break,
+                event = eventloop.poll() => event,
+            }
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                connected = true;
+                failures_in_a_row = 0;
+                backoff.reset();
+                guard.on_connected(std::time::Instant::now());
+                gate.on_connected(ack.session_present);
+                // A persistent session the broker kept still has our subscription; subscribing
+                // again would make the broker resend retained messages.
+                let resubscribe = !subscribed_once || !ack.session_present || !gate.persistent;
+                conn.status.update(id, |st| {
+                    st.connected = true;
+                    st.fenced = false;
+                    st.connects += 1;
+                    st.last_error = None;
+                    if resubscribe {
+                        st.subscribed = false;
+                    }
+                });
+                m.connected(true);
+                info!(
+                    client = id,
+                    route = %spec.route,
+                    session_present = ack.session_present,
+                    broker = %s.broker_address(),
+                    "MQTT ingress connected"
+                );
+                if conn.stop.is_cancelled() {
+                    let _ = gate.client.try_disconnect();
+                } else if resubscribe {
+                    subscribe_pending = true;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                m.received();
+                conn.status.update(id, |st| st.received += 1);
+                let at_most_once = publish.qos == QoS::AtMostOnce;
+                let delivery = Delivery {
+                    publish,
+                    generation: gate.generation(),
+                };
+                if at_most_once {
+                    if tx.try_send(delivery).is_err() {
+                        m.dispatch_error("overflow");
+                        conn.status.update(id, |st| st.rejected += 1);
+                        debug!(client = id, "QoS 0 message dropped: the worker is behind");
+                    }
+                } else if tx.send(delivery).await.is_err() {
+                    // The worker has stopped: the message stays unacknowledged.
+                    debug!(client = id, "message left unacknowledged: worker stopped");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                {
+                    let e = format!(
+                        "the broker refused the subscription to {:?}",
+                        spec.subscribe_filter
+                    );
+                    warn!(client = id, route = %spec.route, "{e}");
+                    conn.status.set_error(id, e);
+                } else {
+                    subscribed_once = true;
+                    conn.status.update(id, |st| st.subscribed = true);
+                    debug!(client = id, filter = %spec.subscribe_filter, "MQTT ingress subscribed");
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+            Ok(_) => {}
+            Err(e) => {
+                let was_connected = connected;
+                connected = false;
+                gate.on_disconnected(&mut eventloop);
+                m.connected(false);
+                if conn.stop.is_cancelled() {
+                    break;
+                }
+                if let Some(reason) = bad_packet_reason(&e) {
+                    // The broker sent something rumqttc cannot decode; it is lost to us.
+                    m.dispatch_error(reason);
+                    conn.status.update(id, |st| st.rejected += 1);
+                }
+                let now = std::time::Instant::now();
+                let peer_close = was_connected && is_peer_close(&e);
+                let (delay, fence) = if peer_close {
+                    match guard.on_peer_close(now) {
+                        AfterPeerClose::Reconnect => (backoff.next_delay(), false),
+                        AfterPeerClose::Fence(delay) => (delay, true),
+                    }
+                } else {
+                    guard.on_other_failure(now);
+                    (backoff.next_delay(), false)
+                };
+                let message = if fence {
+                    format!(
+                        "the broker closed the connection twice within {:?}: another client is probably \
+                         taking over session {id:?}; staying away {delay:?} (the node's plan decides who \
+                         holds the route)",
+                        s.takeover_window
+                    )
+                } else if peer_close {
+                    format!("connection closed by the broker: {e}")
+                } else {
+                    format!("{e}")
+                };
+                conn.status.update(id, |st| {
+                    st.connected = false;
+                    st.fenced = fence;
+                    st.reconnects += 1;
+                    if peer_close {
+                        st.peer_closes += 1;
+                    }
+                    if fence {
+                        st.fences += 1;
+                    }
+                });
+                conn.status.set_error(id, message.clone());
+                m.reconnect();
+                if fence {
+                    m.fenced();
+                    warn!(client = id, route = %spec.route, "{message}");
+                } else if was_connected || failures_in_a_row == 0 {
+                    warn!(client = id, route = %spec.route, error = %message, retry_in = ?delay, "MQTT ingress connection lost");
+                } else {
+                    debug!(client = id, error = %message, retry_in = ?delay, "MQTT ingress still cannot connect");
+                }
+                failures_in_a_row = failures_in_a_row.saturating_add(1);
+                tokio::select! {
+                    _ = sleep(delay) => {}
+                    _ = conn.stop.cancelled() => break,
+                }
+            }
+        }
+    }
+    if connected {
+        gate.on_disconnected(&mut eventloop);
+    }
+    conn.status.update(id, |st| st.connected = false);
+    m.connected(false);
+}
+
+/// Queues UNSUBSCRIBE for stale filters (first time only) and SUBSCRIBE. False if the request
+/// channel was full; the poll loop tries again after the next event.
+fn send_subscribe(gate: &AckGate, spec: &ConnSpec, qos: QoS, subscribed_once: bool) -> bool {
+    if !subscribed_once {
+        for old in &spec.unsubscribe_first {
+            if gate.client.try_unsubscribe(old.clone()).is_err() {
+                return false;
+            }
+        }
+    }
+    gate.client
+        .try_subscribe(spec.subscribe_filter.clone(), qos)
+        .is_ok()
+}
+
+/// The broker closed an established connection (EOF or reset), as on a session takeover.
+fn is_peer_close(e: &ConnectionError) -> bool {
+    use std::io::ErrorKind::*;
+    match e {
+        ConnectionError::MqttState(StateError::ConnectionAborted) => true,
+        ConnectionError::MqttState(StateError::Io(io)) | ConnectionError::Io(io) => {
+            matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            )
+        }
+        _ => false,
+    }
+}
+
+/// A packet from the broker that rumqttc could not decode.
+fn bad_packet_reason(e: &ConnectionError) -> Option<&'static str> {
+    use rumqttc::Error as E;
+    match e {
+        ConnectionError::MqttState(StateError::Deserialization(inner)) => Some(match inner {
+            E::TopicNotUtf8 => "malformed_topic",
+            E::PayloadSizeLimitExceeded(_) => "packet_too_large",
+            _ => "malformed_packet",
+        }),
+        _ => None,
+    }
+}
+
+/// Ordered: one message at a time, in arrival order; a retryable failure is retried in place
+/// (never skipping ahead) until it succeeds, the broker will redeliver it, or `stop`.
+async fn ordered_worker<D: Dispatch>(
+    conn: &Conn<D>,
+    gate: &AckGate,
+    mut rx: mpsc::Receiver<Delivery>,
+    m: &ConnMetrics,
+) {
+    loop {
+        let delivery = tokio::select! {
+            biased;
+            _ = conn.stop.cancelled() => break,
+            d = rx.recv() => match d {
+                Some(d) => d,
+                None => break,
+            },
+        };
+        process(conn, gate, delivery, m, None).await;
+        if conn.stop.is_cancelled() {
+            break;
+        }
+    }
+    // Messages still queued here stay unacknowledged: the persistent session keeps them for
+    // the next holder.
+    drop(rx);
+    gate.request_disconnect().await;
+}
+
+/// Shared: up to `shared_max_in_flight` dispatches at once, no order. On stop: unsubscribe,
+/// finish what arrived (within `shutdown_grace`), then disconnect.
+async fn shared_worker<D: Dispatch>(
+    conn: &Conn<D>,
+    gate: &AckGate,
+    mut rx: mpsc::Receiver<Delivery>,
+    m: &ConnMetrics,
+) {
+    let max_in_flight = conn.settings.shared_max_in_flight;
+    let attempts = Some(conn.settings.shared_dispatch_attempts);
+    let mut in_flight = FuturesUnordered::new();
+    let mut input_open = true;
+    let mut draining = false;
+    let mut disconnect_requested = false;
+    let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+    let idle = sleep(far_future);
+    let deadline = sleep(far_future);
+    tokio::pin!(idle, deadline);
+
+    while input_open || !in_flight.is_empty() {
+        tokio::select! {
+            biased;
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {
+                if draining {
+                    idle.as_mut().reset(Instant::now() + SHARED_DRAIN_IDLE);
+                }
+            }
+            _ = conn.stop.cancelled(), if !draining => {
+                draining = true;
+                // No new messages for us; what the broker already sent still arrives.
+                let _ = gate.client.try_unsubscribe(conn.spec.subscribe_filter.clone());
+                idle.as_mut().reset(Instant::now() + SHARED_DRAIN_IDLE);
+                deadline.as_mut().reset(Instant::now() + conn.settings.shutdown_grace);
+            }
+            d = rx.recv(), if input_open && in_flight.len() < max_in_flight => match d {
+                Some(d) => {
+                    in_flight.push(process(conn, gate, d, m, attempts));
+                    if draining {
+                        idle.as_mut().reset(Instant::now() + SHARED_DRAIN_IDLE);
+                    }
+                }
+                None => input_open = false,
+            },
+            _ = &mut idle, if draining && !disconnect_requested && in_flight.is_empty() && rx.is_empty() => {
+                disconnect_requested = true;
+                gate.request_disconnect().await;
+            }
+            _ = &mut deadline, if draining && !disconnect_requested => {
+                disconnect_requested = true;
+                gate.request_disconnect().await;
+            }
+        }
+    }
+}
+
+/// What a failed dispatch counts as.
+fn error_reason(e: &PublishError) -> &'static str {
+    match e {
+        PublishError::NoRoute(_) => "no_route",
+        PublishError::InvalidTopic(_) => "invalid_topic",
+        PublishError::PayloadTooLarge { .. } => "payload_too_large",
+        PublishError::Unavailable(_) => "unavailable",
+        PublishError::HandlerFailed(_) => "handler_failed",
+    }
+}
+
+/// Refusals at the edge: these messages can never succeed.
+fn edge_check(publish: &Publish, settings: &IngressSettings) -> Result<(), (&'static str, String)> {
+    validate_topic_name(&publish.topic).map_err(|e| ("invalid_topic", e))?;
+    if publish.payload.len() > settings.max_payload_bytes {
+        return Err((
+            "payload_too_large",
+            format!(
+                "payload of {} bytes exceeds the limit of {} bytes",
+                publish.payload.len(),
+                settings.max_payload_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Dispatches one message (retrying retryable failures up to `max_attempts`, or forever) and
+/// acknowledges it once accepted or once it can never succeed.
+async fn process<D: Dispatch>(
+    conn: &Conn<D>,
+    gate: &AckGate,
+    delivery: Delivery,
+    m: &ConnMetrics,
+    max_attempts: Option<u32>,
+) {
+    let Delivery { publish, generation } = delivery;
+    let id = conn.spec.client_id.as_str();
+    let route = conn.spec.route.as_str();
+
+    match gate.settled_fate(generation, &conn.stop).await {
+        None => return,
+        Some(Fate::Redelivered) => {
+            superseded(conn);
+            return;
+        }
+        Some(_) => {}
+    }
+    if let Err((reason, why)) = edge_check(&publish, &conn.settings) {
+        warn!(client = id, route, topic = %publish.topic, reason, "MQTT message refused: {why}");
+        give_up(conn, gate, generation, &publish, m, reason).await;
+        return;
+    }
+
+    let message = InboundMessage {
+        topic: publish.topic.clone(),
+        payload: publish.payload.to_vec(),
+        message_id: String::new(),
+    };
+    let mut retry = Backoff::new(conn.settings.dispatch_retry_min, conn.settings.dispatch_retry_max);
+    let mut attempt = 0u32;
+    loop {
+        attempt = attempt.saturating_add(1);
+        let Some(result) = dispatch_within_grace(conn, message.clone()).await else {
+            debug!(client = id, topic = %publish.topic, "dispatch abandoned on shutdown; not acknowledged");
+            return;
+        };
+        match result {
+            Ok(_) => {
+                conn.status.update(id, |st| st.dispatched += 1);
+                if gate.ack(generation, &publish).await {
+                    acked(conn, m);
+                }
+                return;
+            }
+            Err(e) if e.is_retryable() => {
+                m.dispatch_error(error_reason(&e));
+                conn.status.update(id, |st| st.retries += 1);
+                if max_attempts.is_some_and(|max| attempt >= max) {
+                    error!(
+                        client = id, route, topic = %publish.topic, attempts = attempt, error = %e,
+                        "giving up on an MQTT message: dispatch kept failing; acknowledging it so the \
+                         connection does not stall (the message is lost)"
+                    );
+                    give_up(conn, gate, generation, &publish, m, "retries_exhausted").await;
+                    return;
+                }
+                debug!(client = id, topic = %publish.topic, attempt, error = %e, "dispatch failed; retrying");
+                tokio::select! {
+                    _ = sleep(retry.next_delay()) => {}
+                    _ = conn.stop.cancelled() => return,
+                }
+                match gate.settled_fate(generation, &conn.stop).await {
+                    None => return,
+                    Some(Fate::Redelivered) => {
+                        superseded(conn);
+                        return;
+                    }
+                    Some(_) => {}
+                }
+            }
+            Err(e) => {
+                let reason = error_reason(&e);
+                warn!(client = id, route, topic = %publish.topic, reason, error = %e, "MQTT message cannot be dispatched; acknowledging it");
+                give_up(conn, gate, generation, &publish, m, reason).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Runs one dispatch; `None` if `stop` fired and `shutdown_grace` ran out first. A panicking
+/// dispatcher counts as a failed handler.
+async fn dispatch_within_grace<D: Dispatch>(
+    conn: &Conn<D>,
+    message: InboundMessage,
+) -> Option<Result<Accepted, PublishError>> {
+    let dispatch = AssertUnwindSafe(conn.dispatcher.dispatch(message)).catch_unwind();
+    let grace_over = async {
+        conn.stop.cancelled().await;
+        sleep(conn.settings.shutdown_grace).await;
+    };
+    tokio::select! {
+        result = dispatch => Some(result.unwrap_or_else(|_| Err(PublishError::HandlerFailed("dispatch panicked".into())))),
+        _ = grace_over => None,
+    }
+}
+
+/// Counts a message that can never succeed and acknowledges it so the broker forgets it.
+async fn give_up<D>(
+    conn: &Conn<D>,
+    gate: &AckGate,
+    generation: u64,
+    publish: &Publish,
+    m: &ConnMetrics,
+    reason: &'static str,
+) {
+    m.dispatch_error(reason);
+    conn.status.update(&conn.spec.client_id, |st| st.rejected += 1);
+    if gate.ack(generation, publish).await {
+        acked(conn, m);
+    }
+}
+
+fn acked<D>(conn: &Conn<D>, m: &ConnMetrics) {
+    m.acked();
+    conn.status.update(&conn.spec.client_id, |st| st.acked += 1);
+}
+
+fn superseded<D>(conn: &Conn<D>) {
+    conn.status.update(&conn.spec.client_id, |st| st.superseded += 1);
+    debug!(client = %conn.spec.client_id, "message from a lost connection dropped: the broker redelivers it");
+}

@@ -1,0 +1,215 @@
+//! Reconnect pacing: exponential backoff, and the takeover guard that keeps two holders of one
+//! client id from throwing each other off the broker in a tight loop. Pure state machines fed
+//! with events and the current time; the connection task only sleeps for what they return.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Exponential backoff between `min` and `max`, doubling on each failure.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        let max = max.max(min);
+        Self { min, max, next: min }
+    }
+
+    /// The delay before the next attempt (then doubled, up to `max`), with up to 20% jitter
+    /// subtracted so that many connections failing together do not retry in lockstep.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        base.mul_f64(1.0 - 0.2 * jitter_fraction())
+    }
+
+    /// The delay before the next attempt without jitter (for tests and logs).
+    #[cfg(test)]
+    pub fn peek(&self) -> Duration {
+        self.next
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// A number in [0, 1) that differs between calls; good enough for jitter.
+fn jitter_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// What to do after the broker closed an established connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterPeerClose {
+    /// Reconnect with the usual backoff.
+    Reconnect,
+    /// Stay away this long: another client with our id is probably taking the session over.
+    Fence(Duration),
+}
+
+/// Detects repeated session takeovers.
+///
+/// MQTT 3.1.1 has no reason code for a takeover: the broker just closes the old connection.
+/// A single close by the broker is ambiguous (restart, network, takeover) and is answered with
+/// a normal reconnect. A second close of an established connection within `window` is taken
+/// as a takeover fight: the guard answers [`AfterPeerClose::Fence`] with a delay that doubles
+/// on each further fence (from `fence_min` up to `fence_max`). A connection that stays up for a
+/// whole `window` clears the history. The node's ingress plan, not this guard, decides who
+/// holds a route; the guard only keeps a stale or misconfigured second holder from spinning.
+#[derive(Debug, Clone)]
+pub(crate) struct TakeoverGuard {
+    window: Duration,
+    fence_min: Duration,
+    fence_max: Duration,
+    closes: VecDeque<Instant>,
+    fences: u32,
+    connected_at: Option<Instant>,
+}
+
+impl TakeoverGuard {
+    pub fn new(window: Duration, fence_min: Duration, fence_max: Duration) -> Self {
+        Self {
+            window,
+            fence_min,
+            fence_max: fence_max.max(fence_min),
+            closes: VecDeque::new(),
+            fences: 0,
+            connected_at: None,
+        }
+    }
+
+    /// The broker accepted a connection (CONNACK).
+    pub fn on_connected(&mut self, now: Instant) {
+        self.connected_at = Some(now);
+    }
+
+    /// The connection failed for a reason other than a close by the broker.
+    pub fn on_other_failure(&mut self, now: Instant) {
+        self.forget_if_stable(now);
+    }
+
+    /// The broker closed an established connection without an error on our side.
+    pub fn on_peer_close(&mut self, now: Instant) -> AfterPeerClose {
+        self.forget_if_stable(now);
+        self.closes.push_back(now);
+        while self
+            .closes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.window)
+        {
+            self.closes.pop_front();
+        }
+        if self.closes.len() < 2 {
+            return AfterPeerClose::Reconnect;
+        }
+        self.closes.clear();
+        let factor = 2u32.saturating_pow(self.fences.min(16));
+        self.fences = self.fences.saturating_add(1);
+        AfterPeerClose::Fence(self.fence_min.saturating_mul(factor).min(self.fence_max))
+    }
+
+    fn forget_if_stable(&mut self, now: Instant) {
+        if let Some(since) = self.connected_at.take() {
+            if now.duration_since(since) >= self.window {
+                self.closes.clear();
+                self.fences = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn backoff_doubles_up_to_max_and_resets() {
+        let mut b = Backoff::new(S / 10, S);
+        let seen: Vec<Duration> = (0..6)
+            .map(|_| {
+                let p = b.peek();
+                let d = b.next_delay();
+                assert!(d <= p && d >= p.mul_f64(0.8), "{d:?} vs {p:?}");
+                p
+            })
+            .collect();
+        assert_eq!(seen, [S / 10, S / 5, S * 2 / 5, S * 4 / 5, S, S]);
+        b.reset();
+        assert_eq!(b.peek(), S / 10);
+    }
+
+    #[test]
+    fn one_peer_close_reconnects() {
+        let t0 = Instant::now();
+        let mut g = TakeoverGuard::new(30 * S, 10 * S, 80 * S);
+        g.on_connected(t0);
+        assert_eq!(g.on_peer_close(t0 + S), AfterPeerClose::Reconnect);
+    }
+
+    #[test]
+    fn repeated_peer_closes_fence_with_growing_delays() {
+        let t0 = Instant::now();
+        let mut g = TakeoverGuard::new(30 * S, 10 * S, 25 * S);
+        let mut t = t0;
+        let mut outcomes = Vec::new();
+        for _ in 0..8 {
+            g.on_connected(t);
+            t += S;
+            outcomes.push(g.on_peer_close(t));
+        }
+        use AfterPeerClose::*;
+        assert_eq!(
+            outcomes,
+            [
+                Reconnect,
+                Fence(10 * S),
+                Reconnect,
+                Fence(20 * S),
+                Reconnect,
+                Fence(25 * S),
+                Reconnect,
+                Fence(25 * S)
+            ]
+        );
+    }
+
+    #[test]
+    fn closes_far_apart_or_after_a_stable_connection_do_not_fence() {
+        let t0 = Instant::now();
+        let mut g = TakeoverGuard::new(30 * S, 10 * S, 80 * S);
+        g.on_connected(t0);
+        assert_eq!(g.on_peer_close(t0 + S), AfterPeerClose::Reconnect);
+        // Next close 40 s later: outside the window.
+        g.on_connected(t0 + 2 * S);
+        assert_eq!(g.on_peer_close(t0 + 42 * S), AfterPeerClose::Reconnect);
+        // A fence, then a connection that stays up longer than the window: history cleared.
+        g.on_connected(t0 + 43 * S);
+        assert!(matches!(g.on_peer_close(t0 + 44 * S), AfterPeerClose::Fence(_)));
+        g.on_connected(t0 + 60 * S);
+        assert_eq!(g.on_peer_close(t0 + 100 * S), AfterPeerClose::Reconnect);
+        g.on_connected(t0 + 101 * S);
+        assert_eq!(g.on_peer_close(t0 + 102 * S), AfterPeerClose::Fence(10 * S));
+    }
+
+    #[test]
+    fn other_failures_do_not_count_as_takeovers() {
+        let t0 = Instant::now();
+        let mut g = TakeoverGuard::new(30 * S, 10 * S, 80 * S);
+        g.on_connected(t0);
+        assert_eq!(g.on_peer_close(t0 + S), AfterPeerClose::Reconnect);
+        g.on_other_failure(t0 + 2 * S);
+        g.on_other_failure(t0 + 3 * S);
+        g.on_connected(t0 + 4 * S);
+        assert!(matches!(g.on_peer_close(t0 + 5 * S), AfterPeerClose::Fence(_)));
+    }
+}
