@@ -16,7 +16,6 @@ pub mod dispatch;
 pub mod forward;
 pub mod handler;
 pub mod http;
-pub mod ingress;
 pub mod journal;
 pub mod membership;
 pub mod message;

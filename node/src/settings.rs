@@ -491,10 +491,6 @@ mod tests {
                 ..args("n1")
             },
             StartArgs {
-                bootstrap: false,
-                ..args("n1")
-            },
-            StartArgs {
                 grpc: Some("0.0.0.0:7001".parse().unwrap()),
                 ..args("n1")
             },

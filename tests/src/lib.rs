@@ -352,6 +352,97 @@ impl Drop for TestCluster {
     }
 }
 
+impl TestCluster {
+    /// A `Routes` client connected to node `id`.
+    pub async fn routes(
+        &self,
+        id: &str,
+    ) -> Result<pb::routes_client::RoutesClient<tonic::transport::Channel>> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.node(id).grpc()))?
+            .connect()
+            .await?;
+        Ok(pb::routes_client::RoutesClient::new(channel))
+    }
+
+    /// A `Messages` client connected to node `id`.
+    pub async fn messages(
+        &self,
+        id: &str,
+    ) -> Result<pb::messages_client::MessagesClient<tonic::transport::Channel>> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.node(id).grpc()))?
+            .connect()
+            .await?;
+        Ok(pb::messages_client::MessagesClient::new(channel).max_decoding_message_size(64 << 20))
+    }
+
+    /// Creates a route through the leader (any node: follows NotLeader once).
+    pub async fn put_route(&self, route: pb::Route) -> Result<pb::Route> {
+        let leader = self
+            .client()
+            .await?
+            .status(pb::ReadConsistency::Linearizable)
+            .await?
+            .raft_leader;
+        let response = self
+            .routes(&leader)
+            .await?
+            .put_route(pb::PutRouteRequest {
+                route: Some(route),
+                expected_version: None,
+            })
+            .await?;
+        response.into_inner().route.context("no route in response")
+    }
+
+    /// Reads a whole journal from node `id`.
+    pub async fn read_journal(&self, id: &str, route: &str, key: &str) -> Result<Vec<pb::JournalEntry>> {
+        read_journal_with(&mut self.messages(id).await?, route, key).await
+    }
+}
+
+/// Reads a whole journal through `client`.
+pub async fn read_journal_with(
+    client: &mut pb::messages_client::MessagesClient<tonic::transport::Channel>,
+    route: &str,
+    key: &str,
+) -> Result<Vec<pb::JournalEntry>> {
+    {
+        let mut entries = Vec::new();
+        let mut from = 0;
+        loop {
+            let page = client
+                .read_journal(pb::ReadJournalRequest {
+                    route: route.into(),
+                    key: key.into(),
+                    from_offset: from,
+                    limit: 0,
+                })
+                .await?
+                .into_inner();
+            from = page.next_offset;
+            entries.extend(page.entries);
+            if page.end {
+                return Ok(entries);
+            }
+        }
+    }
+}
+
+/// An ordered route with the journal handler keyed by `{device_id}`.
+pub fn ordered_journal_route(name: &str, pattern: &str) -> pb::Route {
+    pb::Route {
+        name: name.into(),
+        pattern: pattern.into(),
+        key_param: "device_id".into(),
+        qos: 1,
+        mode: pb::RouteMode::Ordered as i32,
+        handler: Some(pb::Handler {
+            kind: Some(pb::handler::Kind::Journal(pb::JournalHandler {})),
+        }),
+        ..Default::default()
+    }
+}
+
 /// Minimal HTTP GET over a TCP stream (no client crate needed for three endpoints).
 pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
