@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR/..
 # Builds the RouteMQ container image, and a Mosquitto image for docker-compose, WITHOUT pulling
 # anything: both are `FROM scratch` images filled from this machine's own files.
 #
@@ -59,8 +60,7 @@ cargo_build_node() {
     local flags=(--locked -p routemq-node -p routemq-client --bins)
     [ "$p" = release ] && flags+=(--release)
     # scripts/lib/common.sh installs libclang-dev (RocksDB's bindings) when it can.
-    # shellcheck source=../scripts/lib/common.sh
-    (. scripts/lib/common.sh && ensure_build_deps)
+    bash -c '. scripts/lib/common.sh && ensure_build_deps'
     say "cargo build ${flags[*]} (target dir $CARGO_TARGET_DIR; the first build takes 10-15 min)"
     cargo build "${flags[@]}"
     bin_dir="$CARGO_TARGET_DIR/$p"
@@ -131,11 +131,20 @@ write_etc() {
 
 # docker build of ROOT (tarred with numeric owners, so /data keeps its owner) with a Dockerfile body.
 build_image() {
-    local dir=$1 image=$2 body=$3
+    local dir=$1 image=$2 body=$3 previous
     tar --numeric-owner -C "$dir/rootfs" -cf "$dir/rootfs.tar" .
     printf 'FROM scratch\nADD rootfs.tar /\n%s\n' "$body" >"$dir/Dockerfile"
     say "docker build -t $image ($(du -sh "$dir/rootfs.tar" | cut -f1) of files)"
-    docker build --quiet -t "$image" "$dir" >/dev/null
+    previous=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
+    # The legacy builder prints a deprecation notice on stderr: show stderr only on failure.
+    if ! docker build --quiet -t "$image" "$dir" >"$dir/build.log" 2>&1; then
+        cat "$dir/build.log" >&2
+        die "docker build of $image failed"
+    fi
+    # The image this tag named before, now untagged: drop it unless a container still uses it.
+    if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
+        docker rmi "$previous" >/dev/null 2>&1 || true
+    fi
 }
 
 # ---- RouteMQ ----------------------------------------------------------------------------
@@ -144,7 +153,7 @@ version=$("$bin_dir/routemq" --version | awk '{ print $2 }')
 revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 say "RouteMQ image $tag: routemq $version from $bin_dir (git $revision)"
 r="$stage/routemq"
-mkdir -p "$r/rootfs/usr/local/bin" "$r/rootfs/data" "$r/rootfs/etc/routemq"
+mkdir -p "$r/rootfs/usr/local/bin" "$r/rootfs/data" "$r/rootfs/etc/routemq" "$r/rootfs/run/routemq"
 for b in routemq routemq-ctl; do
     cp "$bin_dir/$b" "$r/rootfs/usr/local/bin/$b"
     strip --strip-debug "$r/rootfs/usr/local/bin/$b"
@@ -152,8 +161,9 @@ for b in routemq routemq-ctl; do
 done
 cp "$probe_bin" "$r/rootfs/usr/local/bin/routemq-probe"
 write_etc "$r/rootfs" routemq "$uid" /data
-chown "$uid:$uid" "$r/rootfs/data"
-chmod 0750 "$r/rootfs/data"
+# /run/routemq: where the Kubernetes init container writes the node's config file.
+chown "$uid:$uid" "$r/rootfs/data" "$r/rootfs/run/routemq"
+chmod 0750 "$r/rootfs/data" "$r/rootfs/run/routemq"
 # Keep in step with the runtime stage of deploy/Dockerfile.
 build_image "$r" "$tag" "$(cat <<EOF
 ENV PATH=/usr/local/bin:/usr/bin:/bin \\

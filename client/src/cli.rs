@@ -2,16 +2,17 @@
 //!
 //! Addresses are validated while parsing, so a bad `--addr` is a usage error (exit code 2).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Inspect and administer a RouteMQ cluster.
 #[derive(Debug, Parser)]
 #[command(
     name = "routemq-ctl",
     version,
-    after_help = "Examples:\n  routemq-ctl status\n  routemq-ctl --addr node-1:7001,node-2:7001 partitions --json\n  routemq-ctl --local locate device-42\n  routemq-ctl node remove node-3"
+    after_help = "Examples:\n  routemq-ctl status\n  routemq-ctl --addr node-1:7001,node-2:7001 partitions --json\n  routemq-ctl --local locate device-42\n  routemq-ctl node remove node-3\n  routemq-ctl routes add telemetry --pattern 'sensors/{device_id}/data' --key-param device_id --handler journal\n  routemq-ctl publish sensors/device-42/data '{\"t\":21}'\n  routemq-ctl journal device-42 --route telemetry\n  routemq-ctl bench --route telemetry --topic-template 'sensors/{key}/data' --keys 500 --messages 10000 --verify"
 )]
 pub struct Cli {
     /// gRPC address of a RouteMQ node; repeatable, or comma-separated
@@ -67,6 +68,193 @@ pub enum Command {
     /// Administer nodes
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage routes: which topics go to which handler, ordered or shared
+    #[command(subcommand)]
+    Routes(RoutesCommand),
+    /// Publish one message through the cluster; prints who processed it
+    #[command(after_help = "Without PAYLOAD or --file the payload is read from standard input.")]
+    Publish {
+        /// Topic, e.g. sensors/device-42/data
+        topic: String,
+        /// Payload text
+        #[arg(conflicts_with = "file")]
+        payload: Option<String>,
+        /// Read the payload from this file ('-' for standard input)
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Message id for duplicate suppression (default: a new UUID)
+        #[arg(long, value_name = "ID")]
+        message_id: Option<String>,
+    },
+    /// Read a key's journal (routes with the journal handler) from any node
+    Journal {
+        /// The key, e.g. a device id (the route's key parameter value, or the whole topic)
+        key: String,
+        /// The route whose journal to read
+        #[arg(long, value_name = "NAME")]
+        route: String,
+        /// First offset to show
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        from: u64,
+        /// Show at most N entries (default: everything to the end)
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+    },
+    /// Load the cluster and report throughput, latency and (with --verify) lost or reordered messages
+    Bench(BenchArgs),
+}
+
+/// `routes` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RoutesCommand {
+    /// Create or replace a route
+    #[command(
+        after_help = "Writes unconditionally unless --expect-version is given: 0 creates only if absent, V replaces only version V."
+    )]
+    Add(AddRoute),
+    /// List the routes in matching order
+    List,
+    /// Show one route
+    Get {
+        /// Route name
+        name: String,
+    },
+    /// Delete a route
+    Remove {
+        /// Route name
+        name: String,
+        /// Delete only if the route's version is V
+        #[arg(long, value_name = "V")]
+        expect_version: Option<u64>,
+    },
+    /// Create or update every route of a TOML routes file
+    #[command(
+        after_help = "Routes identical to the stored ones are left alone; the others are written with compare-and-set on the version read, so a concurrent change makes apply fail rather than overwrite it. Routes absent from the file are kept."
+    )]
+    Apply {
+        /// The routes file
+        file: PathBuf,
+    },
+}
+
+/// `routes add` options.
+#[derive(Debug, Args)]
+pub struct AddRoute {
+    /// Route name: letters, digits, '-', '_', '.'
+    pub name: String,
+    /// Topic pattern, e.g. sensors/{device_id}/data (MQTT '+' and a final '#' allowed)
+    #[arg(long, value_name = "P")]
+    pub pattern: String,
+    /// Pattern parameter that is the ordering key (default: the whole topic)
+    #[arg(long, value_name = "K")]
+    pub key_param: Option<String>,
+    /// QoS at which the route takes messages from the broker
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1))]
+    pub qos: u32,
+    /// ordered: one owner per key, in order; shared: any node, no order
+    #[arg(long, value_enum, default_value_t = ModeArg::Ordered)]
+    pub mode: ModeArg,
+    /// Workers (and MQTT consumers) per node of a shared route
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub workers: Option<u32>,
+    /// log, journal, republish:TOPIC_TEMPLATE or custom:NAME
+    #[arg(long, value_name = "HANDLER", default_value = "log")]
+    pub handler: String,
+    /// QoS of republished messages (republish handler; default: --qos)
+    #[arg(long, value_name = "Q", value_parser = clap::value_parser!(u32).range(0..=1))]
+    pub republish_qos: Option<u32>,
+    /// Route-group prefix: the effective pattern is GROUP/PATTERN
+    #[arg(long, value_name = "G")]
+    pub group: Option<String>,
+    /// Matching order: lower first, ties by name
+    #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// Write only if the route's current version is V (0: only if it does not exist)
+    #[arg(long, value_name = "V")]
+    pub expect_version: Option<u64>,
+}
+
+/// `--mode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// One owner per key, in order
+    Ordered,
+    /// Any node, no order
+    Shared,
+}
+
+/// `--transport` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    /// Unary gRPC Publish to the nodes (acknowledged by the cluster)
+    Grpc,
+    /// MQTT QoS 1 to a broker (acknowledged by the broker's PUBACK)
+    Mqtt,
+}
+
+/// `bench` options.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Each producer owns a disjoint set of keys and sends its messages in sequence order; over gRPC at most --concurrency messages per producer are in flight, never two of one key. Stops after --messages or --duration, whichever comes first. With --verify, waits until the journals stop growing, reads every key's journal and reports lost, duplicated and reordered messages with a verdict (exit code 1 unless it passes)."
+)]
+pub struct BenchArgs {
+    /// The route the messages are for (with --verify: a journal route)
+    #[arg(long, value_name = "NAME")]
+    pub route: String,
+    /// Topic of a key: {key} is replaced by the key
+    #[arg(long, value_name = "T", default_value = "bench/{key}/data")]
+    pub topic_template: String,
+    /// Number of keys
+    #[arg(long, value_name = "K", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keys: u32,
+    /// Number of messages
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub messages: u64,
+    /// Target messages per second over all producers; 0: as fast as possible
+    #[arg(long, value_name = "R", default_value_t = 0)]
+    pub rate: u64,
+    /// Payload size in bytes (at least the key|producer|seq| header is sent)
+    #[arg(long, value_name = "B", default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// How to publish
+    #[arg(long, value_enum, default_value_t = TransportArg::Grpc)]
+    pub transport: TransportArg,
+    /// MQTT broker for --transport mqtt
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:1883", env = "ROUTEMQ_MQTT", value_parser = parse_broker)]
+    pub mqtt: String,
+    /// Number of producers (each with its own connection and keys)
+    #[arg(long, value_name = "P", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub producers: u32,
+    /// Messages in flight per producer
+    #[arg(long, value_name = "C", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=65_534))]
+    pub concurrency: u32,
+    /// Stop sending after this long (e.g. 30s, 5m)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Read the journals back and check every acknowledged message is there, once, in order
+    #[arg(long)]
+    pub verify: bool,
+    /// With --verify: the journals are settled once they have not grown for this long
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub settle: Duration,
+    /// With --verify: longest wait for the journals to settle
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub verify_timeout: Duration,
+    /// Run id (prefix of keys and message ids; default: random)
+    #[arg(long, value_name = "ID", value_parser = parse_run_id)]
+    pub run_id: Option<String>,
+}
+
+fn parse_broker(text: &str) -> Result<String, String> {
+    routemq_client::bench::parse_broker(text).map(|_| text.trim().to_string())
+}
+
+fn parse_run_id(text: &str) -> Result<String, String> {
+    if !text.is_empty() && text.len() <= 32 && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        Ok(text.to_string())
+    } else {
+        Err("use 1 to 32 letters, digits or '_'".into())
+    }
 }
 
 /// `node` subcommands.
@@ -154,6 +342,218 @@ mod tests {
             &["frobnicate"][..],
             &["status", "--timeout", "0s"][..],
             &["status", "--timeout", "5h"][..],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn routes_commands() {
+        let cli = parse(&[
+            "routes",
+            "add",
+            "telemetry",
+            "--pattern",
+            "sensors/{device_id}/data",
+            "--key-param",
+            "device_id",
+            "--qos",
+            "1",
+            "--mode",
+            "shared",
+            "--workers",
+            "4",
+            "--handler",
+            "republish:out/{device_id}",
+            "--group",
+            "plant1",
+            "--priority",
+            "-3",
+            "--expect-version",
+            "0",
+        ])
+        .unwrap();
+        let Command::Routes(RoutesCommand::Add(add)) = cli.command else {
+            panic!("not routes add: {:?}", cli.command);
+        };
+        assert_eq!(add.name, "telemetry");
+        assert_eq!(add.pattern, "sensors/{device_id}/data");
+        assert_eq!(add.key_param.as_deref(), Some("device_id"));
+        assert_eq!((add.qos, add.mode, add.workers), (1, ModeArg::Shared, Some(4)));
+        assert_eq!(add.handler, "republish:out/{device_id}");
+        assert_eq!(
+            (add.group.as_deref(), add.priority, add.expect_version),
+            (Some("plant1"), -3, Some(0))
+        );
+
+        let cli = parse(&["routes", "add", "r", "--pattern", "a/+"]).unwrap();
+        let Command::Routes(RoutesCommand::Add(add)) = cli.command else {
+            panic!("not routes add");
+        };
+        assert_eq!(
+            (add.mode, add.handler.as_str(), add.qos, add.expect_version),
+            (ModeArg::Ordered, "log", 0, None)
+        );
+
+        assert!(matches!(
+            parse(&["routes", "list", "--json"]).unwrap().command,
+            Command::Routes(RoutesCommand::List)
+        ));
+        assert!(
+            matches!(parse(&["routes", "get", "r"]).unwrap().command, Command::Routes(RoutesCommand::Get { ref name }) if name == "r")
+        );
+        assert!(matches!(
+            parse(&["routes", "remove", "r", "--expect-version", "7"]).unwrap().command,
+            Command::Routes(RoutesCommand::Remove { ref name, expect_version: Some(7) }) if name == "r"
+        ));
+        assert!(matches!(
+            parse(&["routes", "apply", "routes.toml"]).unwrap().command,
+            Command::Routes(RoutesCommand::Apply { ref file }) if file == &PathBuf::from("routes.toml")
+        ));
+    }
+
+    #[test]
+    fn publish_and_journal_commands() {
+        let cli = parse(&["publish", "sensors/d1/data", "hello", "--message-id", "m-1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Publish { ref topic, payload: Some(ref p), file: None, message_id: Some(ref id) }
+                if topic == "sensors/d1/data" && p == "hello" && id == "m-1"
+        ));
+        let cli = parse(&["publish", "t", "--file", "p.bin"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Publish {
+                payload: None,
+                file: Some(_),
+                ..
+            }
+        ));
+        let cli = parse(&[
+            "journal",
+            "d1",
+            "--route",
+            "telemetry",
+            "--from",
+            "5",
+            "--limit",
+            "10",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Journal { ref key, ref route, from: 5, limit: Some(10) } if key == "d1" && route == "telemetry"
+        ));
+        let cli = parse(&["journal", "d1", "--route", "telemetry"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Journal {
+                from: 0,
+                limit: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn bench_command() {
+        let cli = parse(&["bench", "--route", "b"]).unwrap();
+        let Command::Bench(b) = cli.command else {
+            panic!("not bench")
+        };
+        assert_eq!(b.topic_template, "bench/{key}/data");
+        assert_eq!(
+            (b.keys, b.messages, b.rate, b.payload_bytes),
+            (100, 10_000, 0, 100)
+        );
+        assert_eq!(
+            (b.transport, b.producers, b.concurrency),
+            (TransportArg::Grpc, 1, 16)
+        );
+        assert_eq!((b.duration, b.verify, b.run_id), (None, false, None));
+        assert_eq!(
+            (b.settle, b.verify_timeout),
+            (Duration::from_secs(3), Duration::from_secs(60))
+        );
+
+        let cli = parse(&[
+            "bench",
+            "--route",
+            "b",
+            "--topic-template",
+            "s/{key}",
+            "--keys",
+            "500",
+            "--messages",
+            "10000",
+            "--rate",
+            "2000",
+            "--payload-bytes",
+            "64",
+            "--transport",
+            "mqtt",
+            "--mqtt",
+            "broker:1884",
+            "--producers",
+            "4",
+            "--concurrency",
+            "32",
+            "--duration",
+            "30s",
+            "--verify",
+            "--settle",
+            "500ms",
+            "--verify-timeout",
+            "2m",
+            "--run-id",
+            "smoke1",
+            "--json",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        let Command::Bench(b) = cli.command else {
+            panic!("not bench")
+        };
+        assert_eq!(
+            (b.keys, b.messages, b.rate, b.payload_bytes),
+            (500, 10_000, 2000, 64)
+        );
+        assert_eq!(
+            (b.transport, b.mqtt.as_str()),
+            (TransportArg::Mqtt, "broker:1884")
+        );
+        assert_eq!((b.producers, b.concurrency), (4, 32));
+        assert_eq!(b.duration, Some(Duration::from_secs(30)));
+        assert!(b.verify);
+        assert_eq!(
+            (b.settle, b.verify_timeout),
+            (Duration::from_millis(500), Duration::from_secs(120))
+        );
+        assert_eq!(b.run_id.as_deref(), Some("smoke1"));
+    }
+
+    #[test]
+    fn usage_errors_of_new_commands() {
+        for args in [
+            &["routes"][..],
+            &["routes", "add", "r"][..],
+            &["routes", "add", "r", "--pattern", "a", "--qos", "2"][..],
+            &["routes", "add", "r", "--pattern", "a", "--mode", "fifo"][..],
+            &["routes", "add", "r", "--pattern", "a", "--workers", "0"][..],
+            &["routes", "remove"][..],
+            &["routes", "apply"][..],
+            &["publish"][..],
+            &["publish", "t", "payload", "--file", "f"][..],
+            &["journal", "k"][..],
+            &["journal", "k", "--route", "r", "--limit", "0"][..],
+            &["bench"][..],
+            &["bench", "--route", "b", "--transport", "amqp"][..],
+            &["bench", "--route", "b", "--mqtt", "nohost"][..],
+            &["bench", "--route", "b", "--keys", "0"][..],
+            &["bench", "--route", "b", "--concurrency", "0"][..],
+            &["bench", "--route", "b", "--run-id", "a/b"][..],
+            &["bench", "--route", "b", "--duration", "0s"][..],
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}: {err}");

@@ -1,5 +1,5 @@
-//! [`Client`]: calls the `routemq.v1.Cluster` service of any node, retrying across nodes and
-//! following the Raft leader.
+//! [`Client`]: calls the `routemq.v1` services (`Cluster`, `Routes`, `Messages`) of any node,
+//! retrying across nodes and following the Raft leader.
 //!
 //! The client knows three kinds of addresses: its seeds (always kept), the members' gRPC
 //! addresses from the last status response (when [`ClientOptions::discover_members`] is on),
@@ -36,7 +36,7 @@ const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 /// A RouteMQ cluster client. Cheap to clone; clones share connections and learned addresses.
 ///
 /// Every call returns the generated protobuf message of its RPC (re-exported at the crate
-/// root), so fields are exactly those of `proto/routemq/v1/cluster.proto`. Calls retry across
+/// root), so fields are exactly those of `proto/routemq/v1/*.proto`. Calls retry across
 /// nodes within [`ClientOptions::total_timeout`]; see [`crate::retry`] for the policy.
 #[derive(Clone)]
 pub struct Client {
@@ -63,18 +63,18 @@ struct State {
 
 /// Which node a call should start at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
+pub(crate) enum Target {
     /// Writes and linearizable reads: the leader.
     Leader,
     /// Local reads: whichever node answered last.
     Any,
 }
 
-impl Route {
-    fn for_read(consistency: ReadConsistency) -> Self {
+impl Target {
+    pub(crate) fn for_read(consistency: ReadConsistency) -> Self {
         match consistency {
-            ReadConsistency::Linearizable => Route::Leader,
-            ReadConsistency::Local => Route::Any,
+            ReadConsistency::Linearizable => Target::Leader,
+            ReadConsistency::Local => Target::Any,
         }
     }
 }
@@ -194,9 +194,9 @@ impl Client {
         };
         let (_, status) = self
             .call(
-                Route::for_read(consistency),
+                Target::for_read(consistency),
                 request,
-                |mut client, request| async move { client.get_status(request).await },
+                |channel, request| async move { ClusterClient::new(channel).get_status(request).await },
             )
             .await?;
         self.learn_from_status(&status);
@@ -212,9 +212,9 @@ impl Client {
         };
         let (addr, table) = self
             .call(
-                Route::for_read(consistency),
+                Target::for_read(consistency),
                 request,
-                |mut client, request| async move { client.get_partitions(request).await },
+                |channel, request| async move { ClusterClient::new(channel).get_partitions(request).await },
             )
             .await?;
         if let Err(err) = owner_ids(&table) {
@@ -238,9 +238,9 @@ impl Client {
         };
         let (_, located) = self
             .call(
-                Route::for_read(consistency),
+                Target::for_read(consistency),
                 request,
-                |mut client, request| async move { client.locate(request).await },
+                |channel, request| async move { ClusterClient::new(channel).locate(request).await },
             )
             .await?;
         Ok(located)
@@ -253,24 +253,30 @@ impl Client {
             node_id: node_id.into(),
         };
         let (_, removed) = self
-            .call(Route::Leader, request, |mut client, request| async move {
-                client.remove_node(request).await
+            .call(Target::Leader, request, |channel, request| async move {
+                ClusterClient::new(channel).remove_node(request).await
             })
             .await?;
         Ok(removed)
     }
 
     /// Runs one RPC under the retry policy; returns the answering address and the answer.
-    async fn call<M, R, F, Fut>(&self, route: Route, message: M, rpc: F) -> Result<(String, R), ClientError>
+    /// `rpc` gets a channel to the node of each attempt and builds the service client it needs.
+    pub(crate) async fn call<M, R, F, Fut>(
+        &self,
+        target: Target,
+        message: M,
+        rpc: F,
+    ) -> Result<(String, R), ClientError>
     where
         M: Clone,
-        F: Fn(ClusterClient<Channel>, tonic::Request<M>) -> Fut,
+        F: Fn(Channel, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
         let options = &self.inner.options;
         let now = Instant::now();
         let deadline = now.checked_add(options.total_timeout).unwrap_or(now + YEAR);
-        let mut plan = RetryPlan::new(self.candidates(route), options.retry_limits());
+        let mut plan = RetryPlan::new(self.candidates(target), options.retry_limits());
         let mut step = plan.first();
         let mut tried: Vec<String> = Vec::new();
         // The last error a node itself answered, and the last failure to get any answer.
@@ -289,7 +295,7 @@ impl Client {
                 .min(deadline.saturating_duration_since(Instant::now()));
             let (status, answered) = match self.attempt(&addr, per_attempt, &message, &rpc).await {
                 Ok(response) => {
-                    self.record_success(&addr, route);
+                    self.record_success(&addr, target);
                     return Ok((addr, response));
                 }
                 Err(failure) => failure,
@@ -333,7 +339,7 @@ impl Client {
     ) -> Result<R, (Status, bool)>
     where
         M: Clone,
-        F: Fn(ClusterClient<Channel>, tonic::Request<M>) -> Fut,
+        F: Fn(Channel, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
         if timeout.is_zero() {
@@ -345,7 +351,7 @@ impl Client {
         let mut request = tonic::Request::new(message.clone());
         // Tells the node when to stop working on it (the header's range is limited).
         request.set_timeout(timeout.min(YEAR));
-        match tokio::time::timeout(timeout, rpc(ClusterClient::new(channel), request)).await {
+        match tokio::time::timeout(timeout, rpc(channel, request)).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => {
                 let answered = std::error::Error::source(&status).is_none();
@@ -358,12 +364,12 @@ impl Client {
         }
     }
 
-    /// Addresses for one call: the preferred one for `route` first, then seeds and learned.
-    fn candidates(&self, route: Route) -> Vec<String> {
+    /// Addresses for one call: the preferred one for `target` first, then seeds and learned.
+    fn candidates(&self, target: Target) -> Vec<String> {
         let state = self.state();
-        let preferred = match route {
-            Route::Leader => state.leader.clone().or_else(|| state.last_ok.clone()),
-            Route::Any => state.last_ok.clone(),
+        let preferred = match target {
+            Target::Leader => state.leader.clone().or_else(|| state.last_ok.clone()),
+            Target::Any => state.last_ok.clone(),
         };
         let mut addrs: Vec<String> = preferred.into_iter().collect();
         for addr in state.seeds.iter().chain(&state.learned) {
@@ -374,10 +380,10 @@ impl Client {
         addrs
     }
 
-    fn record_success(&self, addr: &str, route: Route) {
+    fn record_success(&self, addr: &str, target: Target) {
         let mut state = self.state();
         state.last_ok = Some(addr.to_string());
-        if route == Route::Leader {
+        if target == Target::Leader {
             state.leader = Some(addr.to_string());
         }
     }
@@ -511,8 +517,8 @@ mod tests {
         assert_eq!(client.known_addrs(), vec!["a:1", "b:1"]);
         assert_eq!(client.leader_addr().as_deref(), Some("b:1"));
         // Leader-bound calls start at the leader, local reads at the seed.
-        assert_eq!(client.candidates(Route::Leader), vec!["b:1", "a:1"]);
-        assert_eq!(client.candidates(Route::Any), vec!["a:1", "b:1"]);
+        assert_eq!(client.candidates(Target::Leader), vec!["b:1", "a:1"]);
+        assert_eq!(client.candidates(Target::Any), vec!["a:1", "b:1"]);
         // A later status replaces the learned members.
         client.learn_from_status(&ClusterStatus {
             members: vec![member("n3", "c:1")],
@@ -555,9 +561,9 @@ mod tests {
         assert_eq!(client.known_addrs(), vec!["a:1", "b:1"]);
         client.record_failure("b:1", &RetryDecision::TryAnotherNode);
         assert_eq!(client.leader_addr(), None);
-        client.record_success("a:1", Route::Any);
+        client.record_success("a:1", Target::Any);
         assert_eq!(client.leader_addr(), None);
-        client.record_success("b:1", Route::Leader);
+        client.record_success("b:1", Target::Leader);
         assert_eq!(client.leader_addr().as_deref(), Some("b:1"));
     }
 }

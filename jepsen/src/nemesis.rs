@@ -238,6 +238,16 @@ impl Nemesis {
         &mut self.cluster
     }
 
+    /// Nodes whose process ended without the nemesis killing it, since the last call:
+    /// `[{"node", "status"}]`.
+    fn exits(&mut self) -> Vec<Value> {
+        self.cluster
+            .exited()
+            .into_iter()
+            .map(|(node, status)| json!({"node": node, "status": status}))
+            .collect()
+    }
+
     fn state(&self) -> Value {
         json!({"grudge": self.grudge, "down": self.down})
     }
@@ -288,11 +298,15 @@ impl Nemesis {
         let invoke = self
             .recorder
             .record(Op::new(OpKind::Invoke, Process::Nemesis, "start").value(json!({"fault": kind.name()})));
+        let exited = self.exits();
         let result = self.do_start(kind).await;
-        let (value, error) = match result {
+        let (mut value, error) = match result {
             Ok(v) => (v, None),
             Err(e) => (json!({"fault": kind.name()}), Some(format!("{e:#}"))),
         };
+        if !exited.is_empty() {
+            value["exited_by_themselves"] = json!(exited);
+        }
         let mut done = Op::completion_of(&invoke, OpKind::Info)
             .value(value)
             .extra(json!({"state": self.state()}));
@@ -390,11 +404,15 @@ impl Nemesis {
         let invoke = self
             .recorder
             .record(Op::new(OpKind::Invoke, Process::Nemesis, "stop"));
+        let exited = self.exits();
         let result = self.do_stop(active).await;
-        let (value, error) = match result {
+        let (mut value, error) = match result {
             Ok(v) => (v, None),
-            Err(e) => (Value::Null, Some(format!("{e:#}"))),
+            Err(e) => (json!({}), Some(format!("{e:#}"))),
         };
+        if !exited.is_empty() {
+            value["exited_by_themselves"] = json!(exited);
+        }
         let mut done = Op::completion_of(&invoke, OpKind::Info)
             .value(value)
             .extra(json!({"state": self.state()}));
@@ -451,6 +469,7 @@ impl Nemesis {
         let invoke = self
             .recorder
             .record(Op::new(OpKind::Invoke, Process::Nemesis, "heal-all"));
+        let exited = self.exits();
         let mut notes = Vec::new();
         if let Err(e) = net::apply_grudge(&self.cluster.layout, &Grudge::new()) {
             notes.push(format!("flushing rules: {e:#}"));
@@ -474,7 +493,8 @@ impl Nemesis {
         if let Err(e) = &ready {
             notes.push(format!("{e:#}"));
         }
-        let value = json!({"restarted": restarted, "all_ready": ready.is_ok(), "notes": notes});
+        let value = json!({"restarted": restarted, "all_ready": ready.is_ok(), "notes": notes,
+                           "exited_by_themselves": exited});
         self.recorder.record(
             Op::completion_of(&invoke, OpKind::Info)
                 .value(value.clone())

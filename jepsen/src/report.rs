@@ -25,6 +25,8 @@ pub struct Window {
     pub to: f64,
     /// The fault and its targets.
     pub label: String,
+    /// True for the closing phase (heal, settle, final reads), drawn in grey.
+    pub closing: bool,
 }
 
 /// Fault windows from the nemesis entries: a `start` completion opens one, the next `stop`
@@ -61,14 +63,35 @@ pub fn windows(ops: &[Op]) -> Vec<Window> {
             }
             ("stop" | "heal-all", k) if k != OpKind::Invoke => {
                 if let Some((from, label)) = open.take() {
-                    out.push(Window { from, to: t, label });
+                    out.push(Window {
+                        from,
+                        to: t,
+                        label,
+                        closing: false,
+                    });
                 }
             }
             _ => {}
         }
     }
     if let Some((from, label)) = open {
-        out.push(Window { from, to: end, label });
+        out.push(Window {
+            from,
+            to: end,
+            label,
+            closing: false,
+        });
+    }
+    let closing = ops
+        .iter()
+        .find(|o| o.process == Process::Nemesis && o.f == "heal-all" && o.kind == OpKind::Invoke);
+    if let Some(h) = closing {
+        out.push(Window {
+            from: h.time as f64 / 1e9,
+            to: end,
+            label: "end of workload: heal all, settle, final reads".into(),
+            closing: true,
+        });
     }
     out
 }
@@ -118,9 +141,14 @@ fn frame(svg: &mut String, t_max: f64, windows: &[Window], y_label: &str) {
     );
     for w in windows {
         let (a, b) = (x_of(w.from, t_max), x_of(w.to, t_max));
+        let (fill, ink) = if w.closing {
+            ("#999999", "#555555")
+        } else {
+            ("#8888ff", "#5555aa")
+        };
         let _ = write!(
             svg,
-            r##"<rect x="{a:.1}" y="{MT}" width="{:.1}" height="{:.1}" fill="#8888ff" fill-opacity="0.18"><title>{}</title></rect><text x="{:.1}" y="{:.1}" fill="#5555aa" font-size="10">{}</text>"##,
+            r##"<rect x="{a:.1}" y="{MT}" width="{:.1}" height="{:.1}" fill="{fill}" fill-opacity="0.18"><title>{}</title></rect><text x="{:.1}" y="{:.1}" fill="{ink}" font-size="10">{}</text>"##,
             (b - a).max(1.0),
             H - MT - MB,
             esc(&w.label),
@@ -199,7 +227,7 @@ pub fn latency_svg(ops: &[Op], windows: &[Window]) -> String {
                 return true;
             }
             i += 1;
-            i % keep_every == 0
+            i.is_multiple_of(keep_every)
         });
     }
     let (lo, hi) = (0.1f64, pts.iter().map(|p| p.1).fold(10.0f64, f64::max) * 1.5);
@@ -375,12 +403,12 @@ pre{{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:12px}} .tag{{font-
 
     html.push_str("<h2>Latency</h2>");
     html.push_str(&latency_svg(ops, &ws));
-    html.push_str("<p><span style=\"color:#2e9d4e\">&#9679; ok</span> <span style=\"color:#d23c3c\">&#9679; fail</span> <span style=\"color:#f0a020\">&#9679; info</span>; shaded: fault windows.</p>");
+    html.push_str("<p><span style=\"color:#2e9d4e\">&#9679; ok</span> <span style=\"color:#d23c3c\">&#9679; fail</span> <span style=\"color:#f0a020\">&#9679; info</span>; blue bands: fault windows; grey band: heal all, settle and final reads.</p>");
     html.push_str("<h2>Throughput</h2>");
     html.push_str(&throughput_svg(ops, &ws));
 
     html.push_str("<h2>Nemesis</h2><table><tr><th>from (s)</th><th>to (s)</th><th>fault</th></tr>");
-    for w in &ws {
+    for w in ws.iter().filter(|w| !w.closing) {
         let _ = write!(
             html,
             "<tr><td>{:.1}</td><td>{:.1}</td><td>{}</td></tr>",
@@ -432,6 +460,7 @@ mod tests {
         rec.record(Op::completion_of(&t, OpKind::Info));
         let ws = windows(&rec.ops());
         assert_eq!(ws.len(), 1);
+        assert!(!ws[0].closing);
         assert_eq!(ws[0].label, "kill-one: killed n2");
         let svg = latency_svg(&rec.ops(), &ws);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));

@@ -73,9 +73,14 @@ pub struct TestConfig {
 }
 
 impl TestConfig {
-    /// `workload-nemesis`.
+    /// `workload-nemesis` (`register-local-reads-nemesis` for the stale-read demonstration).
     pub fn name(&self) -> String {
-        format!("{}-{}", self.workload.name(), self.nemesis.name())
+        let local = if self.workload == WorkloadKind::Register && self.workload_cfg.local_reads {
+            "-local-reads"
+        } else {
+            ""
+        };
+        format!("{}{local}-{}", self.workload.name(), self.nemesis.name())
     }
 }
 
@@ -271,7 +276,15 @@ async fn run_phases(cfg: &TestConfig, dir: &Path, nodes_dir: &Path, data_dir: &P
     let recorder = Recorder::new(Some(&dir.join("history.jsonl")))?;
     let nodes: Vec<(String, String)> = layout.nodes.iter().map(|n| (n.clone(), layout.grpc(n))).collect();
     let n_clients = (cfg.workload_cfg.clients_per_node * nodes.len()) as u64;
-    let stride = n_clients + 1;
+    let n_mqtt = match cfg.workload {
+        WorkloadKind::OrderedStream => cfg.workload_cfg.mqtt_producers as u64,
+        WorkloadKind::Register => 0,
+    };
+    // Process ids: clients 0..n, MQTT producers, then the reader; a crashed process p
+    // continues as p + stride.
+    let stride = n_clients + n_mqtt + 1;
+    let mut workload_cfg = cfg.workload_cfg.clone();
+    workload_cfg.broker = format!("{}:{}", layout.broker_ip(), net::MQTT_PORT);
 
     // Workload setup.
     let mut workload_status = "ran".to_string();
@@ -309,7 +322,7 @@ async fn run_phases(cfg: &TestConfig, dir: &Path, nodes_dir: &Path, data_dir: &P
                 tasks.spawn(register::run_client(
                     spec,
                     register_shared.clone(),
-                    cfg.workload_cfg.clone(),
+                    workload_cfg.clone(),
                     recorder.clone(),
                     deadline,
                 ));
@@ -325,23 +338,42 @@ async fn run_phases(cfg: &TestConfig, dir: &Path, nodes_dir: &Path, data_dir: &P
                 tasks.spawn(stream::run_producer(
                     spec,
                     stream_keys.clone(),
-                    cfg.workload_cfg.clone(),
+                    workload_cfg.clone(),
                     recorder.clone(),
                     deadline,
                 ));
             }
         }
     }
+    for m in 0..n_mqtt {
+        let spec = stream::ProducerSpec {
+            process: n_clients + m,
+            stride,
+            node: "mqtt".into(),
+            addr: workload_cfg.broker.clone(),
+            seed: cfg.seed.wrapping_mul(1_000_003).wrapping_add(n_clients + m),
+        };
+        tasks.spawn(stream::run_mqtt_producer(
+            spec,
+            stream_keys.clone(),
+            workload_cfg.clone(),
+            recorder.clone(),
+            deadline,
+        ));
+    }
     if cfg.workload == WorkloadKind::OrderedStream {
+        let spec = stream::ReaderSpec {
+            process: n_clients + n_mqtt,
+            nodes: nodes.clone(),
+            period: Duration::from_secs(2),
+            op_timeout: cfg.workload_cfg.op_timeout * 2,
+            seed: cfg.seed ^ 0x5eed,
+        };
         tasks.spawn(stream::run_reader(
-            n_clients,
-            nodes.clone(),
+            spec,
             stream_keys.clone(),
             recorder.clone(),
-            Duration::from_secs(2),
-            cfg.workload_cfg.op_timeout * 2,
             deadline,
-            cfg.seed ^ 0x5eed,
         ));
     }
 
@@ -425,16 +457,38 @@ async fn run_phases(cfg: &TestConfig, dir: &Path, nodes_dir: &Path, data_dir: &P
     })
 }
 
+/// What the checkers look at.
+pub struct CheckInput<'a> {
+    /// The workload that made the history.
+    pub workload: WorkloadKind,
+    /// The history.
+    pub ops: &'a [history::Op],
+    /// Node ids.
+    pub nodes: &'a [String],
+    /// The run's `nodes/` directory (logs).
+    pub nodes_dir: &'a Path,
+    /// Wall clock of the history's time 0.
+    pub start_unix_ms: i64,
+    /// When the workload stopped (ns).
+    pub end_of_run_ns: u64,
+    /// G5 bound.
+    pub failover_bound: Duration,
+    /// Node exits seen after the nemesis stopped.
+    pub final_exits: &'a [Value],
+}
+
 /// Runs every checker that applies to the workload.
-pub fn check_history(
-    workload: WorkloadKind,
-    ops: &[history::Op],
-    nodes: &[String],
-    nodes_dir: &Path,
-    start_unix_ms: i64,
-    end_of_run_ns: u64,
-    failover_bound: Duration,
-) -> Vec<CheckResult> {
+pub fn check_history(input: &CheckInput<'_>) -> Vec<CheckResult> {
+    let CheckInput {
+        workload,
+        ops,
+        nodes,
+        nodes_dir,
+        start_unix_ms,
+        end_of_run_ns,
+        failover_bound,
+        final_exits,
+    } = *input;
     let na = |id: &str, name: &str| {
         CheckResult::new(
             id,
@@ -466,7 +520,10 @@ pub fn check_history(
             ));
         }
     }
-    out.push(checker::logs::check_panics(nodes_dir));
+    out.push(checker::logs::check_panics_and_exits(
+        nodes_dir,
+        &checker::logs::exits(ops, final_exits),
+    ));
     out
 }
 
@@ -474,19 +531,30 @@ fn analyse(cfg: &TestConfig, dir: &Path, run: Run) -> Result<Outcome> {
     say("checking");
     let ops = run.recorder.ops();
     let layout = Layout::new(cfg.nodes);
-    let results = check_history(
-        cfg.workload,
-        &ops,
-        &layout.nodes,
-        &dir.join("nodes"),
-        run.recorder.start_unix_ms(),
-        run.end_of_run_ns,
-        cfg.failover_bound,
-    );
+    let exits: Vec<Value> = run
+        .exited
+        .iter()
+        .map(|(n, s)| json!({"node": n, "status": s}))
+        .collect();
+    let nodes_dir = dir.join("nodes");
+    let results = check_history(&CheckInput {
+        workload: cfg.workload,
+        ops: &ops,
+        nodes: &layout.nodes,
+        nodes_dir: &nodes_dir,
+        start_unix_ms: run.recorder.start_unix_ms(),
+        end_of_run_ns: run.end_of_run_ns,
+        failover_bound: cfg.failover_bound,
+        final_exits: &exits,
+    });
     let checks: Vec<Judged> = results
         .into_iter()
         .map(|r| {
-            let exp = suite::expectation(cfg.workload, cfg.nemesis, &r.id);
+            let exp = if cfg.workload_cfg.local_reads && r.id == "G1" {
+                Expectation::KnownLimit(suite::LOCAL_READS)
+            } else {
+                suite::expectation(cfg.workload, cfg.nemesis, &r.id)
+            };
             Judged {
                 expected: match exp {
                     Expectation::Pass => "pass".into(),
@@ -533,6 +601,7 @@ fn analyse(cfg: &TestConfig, dir: &Path, run: Run) -> Result<Outcome> {
             "clients_per_node": cfg.workload_cfg.clients_per_node, "keys": cfg.workload_cfg.keys,
             "ops_per_key": cfg.workload_cfg.ops_per_key, "op_timeout_s": cfg.workload_cfg.op_timeout.as_secs_f64(),
             "think_ms": cfg.workload_cfg.think.as_millis() as u64, "partitions": cfg.partitions,
+            "local_reads": cfg.workload_cfg.local_reads, "mqtt_producers": cfg.workload_cfg.mqtt_producers,
             "nodes": cfg.nodes, "seed": cfg.seed, "failover_bound_s": cfg.failover_bound.as_secs_f64(),
         },
         "binary": run.binary,

@@ -26,6 +26,9 @@ pub enum Expectation {
 /// Why G5 cannot hold today.
 pub const G5_LIMIT: &str = "automatic failover and ownership leases are not built yet: a dead, paused or cut-off owner keeps its partitions until it returns or is removed, so they stay unavailable for the whole fault";
 
+/// Why G1 may fail in the `--read-consistency local` demonstration.
+pub const LOCAL_READS: &str = "this run reads with READ_CONSISTENCY_LOCAL, which may be stale by design: it shows the G1 checker catching stale reads on a live cluster";
+
 /// The expectation of check `id` in `workload` under `nemesis`.
 pub fn expectation(_workload: WorkloadKind, nemesis: NemesisKind, id: &str) -> Expectation {
     match (id, nemesis) {

@@ -263,6 +263,14 @@ impl Dispatcher {
             return Err(Status::invalid_argument("route and key are required"));
         }
         let view = self.config.local_view();
+        let known = view.routes.get(&request.route).is_some()
+            || request
+                .route
+                .strip_prefix(crate::processor::DEAD_LETTER_PREFIX)
+                .is_some_and(|r| view.routes.get(r).is_some());
+        if !known && !forwarded {
+            return Err(Status::not_found(format!("no route named {:?}", request.route)));
+        }
         let partition = partition_for_key(&view.state.config.ring, &request.key);
         let owner = view.ring.owner_of_partition(partition).map(str::to_string);
         let local = forwarded || owner.as_deref() == Some(self.node_id.as_str()) || owner.is_none();

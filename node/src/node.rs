@@ -35,11 +35,13 @@ use crate::coordinator::Coordinator;
 use crate::datadir::{DataDir, DataDirError};
 use crate::dispatch::{DispatchLimits, Dispatcher};
 use crate::forward::{ForwardService, Forwarder};
-use crate::handler::{HandlerContext, HandlerRegistry, NoBroker};
+use crate::handler::{HandlerContext, HandlerRegistry, NoBroker, Publisher};
 use crate::http::Readiness;
+use crate::ingress::{spawn_ingress, IngressPlan};
 use crate::journal::Journal;
 use crate::membership::{GossipSettings, Lifecycle, Membership, MembershipError, SelfInfo};
 use crate::metrics::ClusterGauges;
+use crate::mqtt::{ingress_plan, MqttPublisher};
 use crate::processor::Processor;
 use crate::settings::Settings;
 use routemq_proto::v1::forward_server::ForwardServer;
@@ -109,6 +111,9 @@ fn in_use_hint(e: &std::io::Error) -> &'static str {
         ""
     }
 }
+
+/// How long running tasks get to finish after shutdown was requested.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
     TcpListener::bind(addr)
@@ -223,9 +228,17 @@ pub async fn run_with(
         path: journal_dir.display().to_string(),
         message: e.to_string(),
     })?;
+    let mqtt_publisher = settings
+        .mqtt
+        .as_ref()
+        .map(|mqtt| Arc::new(MqttPublisher::start(mqtt, &settings.node_id)));
+    let publisher: Arc<dyn Publisher> = match &mqtt_publisher {
+        Some(p) => p.clone(),
+        None => Arc::new(NoBroker),
+    };
     let handler_ctx = HandlerContext {
         node_id: settings.node_id.clone(),
-        publisher: Arc::new(NoBroker),
+        publisher,
         journal,
     };
     let processor = Arc::new(Processor::new(handler_ctx.clone()));
@@ -248,6 +261,35 @@ pub async fn run_with(
         reason: "starting".into(),
         ..Default::default()
     });
+
+    // MQTT: a publisher for `republish`, and the ingress following the routes and ring.
+    let mut ingress = None;
+    if let Some(mqtt) = settings.mqtt.clone() {
+        let (plan_tx, plan_rx) = watch::channel(Arc::new(IngressPlan::default()));
+        ingress = Some(spawn_ingress(mqtt, dispatcher.clone(), plan_rx));
+        let config = config.clone();
+        let node_id = settings.node_id.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            let mut applied = config.subscribe();
+            loop {
+                let view = config.local_view();
+                let plan = ingress_plan(&view, &node_id);
+                if **plan_tx.borrow() != plan {
+                    tracing::info!(
+                        shared = plan.shared.len(),
+                        ordered_held = plan.ordered_held.len(),
+                        "ingress plan changed"
+                    );
+                    plan_tx.send_replace(Arc::new(plan));
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    changed = applied.changed() => if changed.is_err() { return Ok(()) },
+                }
+            }
+        });
+    }
 
     // gRPC: must run before bootstrap/join, since the leader replicates to us over it.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -352,10 +394,26 @@ pub async fn run_with(
     tracing::info!("shutting down");
     membership.set_lifecycle(Lifecycle::Leaving).await;
     cancel.cancel();
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok(Err(e)) = joined {
-            tracing::warn!(error = %e, "task ended with an error during shutdown");
+    // Long-lived streams from peers that are stopping too can hold the gRPC server's graceful
+    // shutdown open; give every task a grace period, then abort what is left.
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok(Err(e)) = joined {
+                tracing::warn!(error = %e, "task ended with an error during shutdown");
+            }
         }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "tasks still running after the shutdown grace period; aborting them");
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    if let Some(ingress) = ingress {
+        ingress.shutdown().await;
+    }
+    if let Some(publisher) = mqtt_publisher {
+        publisher.shutdown().await;
     }
     forwarder.shutdown().await;
     processor.shutdown().await;

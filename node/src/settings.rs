@@ -13,6 +13,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::config::state::{validate_node_id, DEFAULT_MAX_VOTERS, MAX_WEIGHT};
+use crate::ingress::IngressSettings;
 use crate::ring::RingParams;
 use crate::routes::{RouteSpec, RouteTable};
 
@@ -84,6 +85,11 @@ pub struct StartArgs {
     /// TOML file of routes (`[[route]]` tables) loaded when this node bootstraps the cluster.
     #[arg(long, env = "ROUTEMQ_ROUTES", value_name = "FILE")]
     pub routes: Option<PathBuf>,
+    /// MQTT broker (HOST:PORT) to take messages from; also enabled by the Python RouteMQ's
+    /// `MQTT_BROKER` / `MQTT_PORT` variables (with `MQTT_USERNAME`, `MQTT_PASSWORD`,
+    /// `MQTT_CLIENT_ID`, `MQTT_GROUP_NAME`, `MQTT_TLS_*`). Without either, no MQTT ingress.
+    #[arg(long, env = "ROUTEMQ_MQTT", value_name = "HOST:PORT")]
+    pub mqtt: Option<String>,
     /// Largest accepted message payload in bytes [default: 262144].
     #[arg(long, env = "ROUTEMQ_MAX_PAYLOAD_BYTES")]
     pub max_payload_bytes: Option<usize>,
@@ -123,6 +129,7 @@ pub struct FileSettings {
     raft_election_timeout_ms: Option<u64>,
     log_format: Option<LogFormat>,
     routes: Option<PathBuf>,
+    mqtt: Option<String>,
     max_payload_bytes: Option<usize>,
 }
 
@@ -211,6 +218,8 @@ pub struct Settings {
     pub bootstrap_routes: Vec<RouteSpec>,
     /// Largest accepted payload.
     pub max_payload_bytes: usize,
+    /// MQTT ingress, when a broker is configured.
+    pub mqtt: Option<IngressSettings>,
 }
 
 impl FileSettings {
@@ -364,6 +373,7 @@ impl Settings {
                 format!("{max_payload_bytes} bytes is not in 1..=16777216"),
             ));
         }
+        let node_id_for_mqtt = node_id.clone();
         let data_dir = args
             .data_dir
             .or(file.data_dir)
@@ -390,6 +400,7 @@ impl Settings {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             bootstrap_routes,
             max_payload_bytes,
+            mqtt: resolve_mqtt(args.mqtt.or(file.mqtt), &node_id_for_mqtt)?,
         })
     }
 }
@@ -409,6 +420,33 @@ pub fn load_routes(path: &Path) -> Result<Vec<RouteSpec>, SettingsError> {
         message: e.to_string(),
     })?;
     Ok(file.route)
+}
+
+/// MQTT settings from the `MQTT_*` environment, with `--mqtt HOST:PORT` taking precedence.
+/// None when neither names a broker.
+fn resolve_mqtt(flag: Option<String>, node_id: &str) -> Result<Option<IngressSettings>, SettingsError> {
+    let env_broker = std::env::var("MQTT_BROKER").ok().filter(|v| !v.trim().is_empty());
+    if flag.is_none() && env_broker.is_none() {
+        return Ok(None);
+    }
+    let mut mqtt = IngressSettings::from_env().map_err(|e| invalid("MQTT settings", e.to_string()))?;
+    if let Some(flag) = flag {
+        let (host, port) = flag
+            .rsplit_once(':')
+            .and_then(|(h, p)| {
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0 && !h.is_empty())
+                    .map(|p| (h.to_string(), p))
+            })
+            .ok_or_else(|| invalid("mqtt broker", format!("{flag:?} is not HOST:PORT")))?;
+        mqtt.host = host;
+        mqtt.port = port;
+    }
+    mqtt.node_id = node_id.to_string();
+    mqtt.validate()
+        .map_err(|e| invalid("MQTT settings", e.to_string()))?;
+    Ok(Some(mqtt))
 }
 
 fn resolve_host(host: &str) -> Result<IpAddr, SettingsError> {

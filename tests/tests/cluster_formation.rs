@@ -89,5 +89,22 @@ async fn three_nodes_form_a_cluster_and_agree() -> Result<()> {
         assert!(metrics.contains("routemq_config_epoch"), "{metrics}");
         assert!(metrics.contains("routemq_partitions_owned"), "{metrics}");
     }
+
+    // SIGTERM to every node at once: each stops cleanly, within the shutdown grace period,
+    // although their peers' streams go away at the same moment.
+    let mut cluster = cluster;
+    let pids: Vec<u32> = ["n1", "n2", "n3"]
+        .iter()
+        .filter_map(|id| cluster.node(id).pid())
+        .collect();
+    for pid in &pids {
+        unsafe {
+            libc::kill(*pid as i32, libc::SIGTERM);
+        }
+    }
+    for id in ["n1", "n2", "n3"] {
+        let code = cluster.wait_exit(id, Duration::from_secs(20)).await?;
+        assert_eq!(code, Some(0), "{id} exit code");
+    }
     Ok(())
 }

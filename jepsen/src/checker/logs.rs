@@ -1,17 +1,48 @@
-//! Node logs: any line containing `panicked` is a failure (a node must never panic, whatever
-//! the nemesis did).
+//! Node logs and exits: any log line containing `panicked` is a failure (a node must never
+//! panic, whatever the nemesis did), and so is a node process that ended without the nemesis
+//! killing it.
 //!
 //! Reads every `*.log` file of the run's `nodes/` directory; lists at most 20 lines.
 
 use std::path::Path;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{CheckResult, Verdict};
+use crate::history::{Op, OpKind, Process};
+
+/// Node exits the nemesis recorded (`exited_by_themselves` in its completions) plus `more`.
+pub fn exits(ops: &[Op], more: &[Value]) -> Vec<Value> {
+    let mut out: Vec<Value> = ops
+        .iter()
+        .filter(|o| o.process == Process::Nemesis && o.kind != OpKind::Invoke)
+        .filter_map(|o| o.value.get("exited_by_themselves").and_then(Value::as_array))
+        .flatten()
+        .cloned()
+        .collect();
+    out.extend(more.iter().cloned());
+    out
+}
+
+/// Scans `dir` for `*.log` files and reports lines containing `panicked`; `exits` are node
+/// processes that ended by themselves (see [`exits`]).
+pub fn check_panics_and_exits(dir: &Path, exits: &[Value]) -> CheckResult {
+    let mut result = check_panics(dir);
+    if !exits.is_empty() {
+        result.verdict = Verdict::Fail;
+        result.summary = format!(
+            "{}; {} node exits not caused by the nemesis",
+            result.summary,
+            exits.len()
+        );
+    }
+    result.details["exits"] = json!(exits);
+    result
+}
 
 /// Scans `dir` for `*.log` files and reports lines containing `panicked`.
 pub fn check_panics(dir: &Path) -> CheckResult {
-    const NAME: &str = "no node panicked";
+    const NAME: &str = "no node panicked or exited by itself";
     let mut files = 0usize;
     let mut hits = Vec::new();
     let mut total = 0usize;

@@ -16,7 +16,10 @@
 //!   strictly increasing in offset order.
 //! - G4 ([`check_delivery`]): after the final reads, every `ok` publish is present (else
 //!   *lost*); an id present twice is a *duplicate*; `info` publishes present are *recovered*
-//!   (fine); `fail` publishes present, or ids never published, are violations.
+//!   (fine); `fail` publishes present, or ids never published, are violations. Messages
+//!   published over MQTT carry no message id (MQTT 3.1.1), so the cluster cannot deduplicate
+//!   their redeliveries: their repeats are counted (`mqtt_redelivered`) and, in G3, a repeat of
+//!   the same sequence number in place is not a reordering.
 //! - G2 ([`check_split_brain`]): processing records grouped per partition by (node, epoch)
 //!   into intervals [first, last processing time]; a violation is one partition processed at one
 //!   epoch by two nodes, or two nodes' intervals overlapping in time.
@@ -99,6 +102,17 @@ fn publishes(ops: &[Op]) -> Vec<Pair> {
         .collect()
 }
 
+/// Ids of messages published over MQTT: MQTT 3.1.1 carries no message id, so the cluster
+/// cannot deduplicate their redeliveries (at least once); a repeat of one is counted, not
+/// failed.
+fn mqtt_ids(ops: &[Op]) -> BTreeSet<String> {
+    ops.iter()
+        .filter(|o| o.is_client_invoke() && o.f == "publish")
+        .filter(|o| o.value.get("via").and_then(Value::as_str) == Some("mqtt"))
+        .filter_map(|o| o.value.get("id").and_then(Value::as_str).map(String::from))
+        .collect()
+}
+
 fn unimplemented(ops: &[Op]) -> bool {
     ops.iter()
         .any(|o| o.error.as_deref().is_some_and(|e| e.contains("UNIMPLEMENTED")))
@@ -120,9 +134,11 @@ pub fn check_order(ops: &[Op]) -> CheckResult {
     if reads.is_empty() {
         return not_run("G3", NAME, ops, "no journal read succeeded");
     }
+    let mqtt = mqtt_ids(ops);
     let mut violations = Vec::new();
     let mut entries = 0usize;
     let mut unparsable = 0usize;
+    let mut redeliveries = 0usize;
     for (read, recs) in &reads {
         let mut last: HashMap<(String, u64), (u64, u64)> = HashMap::new();
         for r in recs {
@@ -132,6 +148,10 @@ pub fn check_order(ops: &[Op]) -> CheckResult {
                 continue;
             };
             if let Some(&(prev, prev_offset)) = last.get(&(key.clone(), producer)) {
+                if seq == prev && mqtt.contains(&r.id) {
+                    redeliveries += 1;
+                    continue;
+                }
                 if seq <= prev {
                     violations.push(json!({
                         "read_op": read.index, "key": key, "producer": producer,
@@ -156,7 +176,7 @@ pub fn check_order(ops: &[Op]) -> CheckResult {
         verdict,
         summary,
         json!({"reads": reads.len(), "entries": entries, "unparsable_ids": unparsable,
-               "violations": count, "examples": violations}),
+               "mqtt_redeliveries_in_place": redeliveries, "violations": count, "examples": violations}),
     )
 }
 
@@ -222,9 +242,14 @@ pub fn check_delivery(ops: &[Op]) -> CheckResult {
             }
         }
     }
+    let mqtt = mqtt_ids(ops);
+    let mqtt_redelivered = present
+        .iter()
+        .filter(|(id, &n)| n > 1 && mqtt.contains(**id))
+        .count();
     let mut duplicates: Vec<Value> = present
         .iter()
-        .filter(|(_, &n)| n > 1)
+        .filter(|(id, &n)| n > 1 && !mqtt.contains(**id))
         .map(|(id, n)| json!({"id": id, "copies": n}))
         .collect();
     duplicates.sort_by_key(|d| d["id"].as_str().map(str::to_string));
@@ -239,6 +264,7 @@ pub fn check_delivery(ops: &[Op]) -> CheckResult {
         "acknowledged": ok, "failed": fail, "unknown_outcome": info,
         "lost": lost.len(), "duplicates": duplicates.len(), "recovered": recovered,
         "failed_but_present": failed_present.len(), "unexpected": unexpected.len(),
+        "mqtt_redelivered": mqtt_redelivered,
         "keys_unread": unread.len(), "present": present.len(),
     });
     let violated =
@@ -276,13 +302,16 @@ pub fn check_delivery(ops: &[Op]) -> CheckResult {
     )
 }
 
+/// (node, epoch) -> (first, last) processing time in Unix ms, of one partition.
+type Spans = BTreeMap<(String, u64), (i64, i64)>;
+
 /// G2: at most one node processes a partition at any instant (from processing records).
 pub fn check_split_brain(ops: &[Op], start_unix_ms: i64) -> CheckResult {
     const NAME: &str = "one processing node per partition at a time";
     // Union of every read's records, deduplicated by (key, offset, id).
     let mut seen: BTreeSet<(String, u64, String)> = BTreeSet::new();
     // partition -> (node, epoch) -> (first, last) processing time.
-    let mut intervals: BTreeMap<u32, BTreeMap<(String, u64), (i64, i64)>> = BTreeMap::new();
+    let mut intervals: BTreeMap<u32, Spans> = BTreeMap::new();
     let mut n_records = 0usize;
     for (read, recs) in journal_reads(ops) {
         let key = read.key.clone().unwrap_or_default();
@@ -305,7 +334,7 @@ pub fn check_split_brain(ops: &[Op], start_unix_ms: i64) -> CheckResult {
     }
     let mut violations = Vec::new();
     for (partition, spans) in &intervals {
-        let list: Vec<(&(String, u64), &(i64, i64))> = spans.iter().collect();
+        let list: Vec<_> = spans.iter().collect();
         for (i, (a, sa)) in list.iter().enumerate() {
             for (b, sb) in &list[i + 1..] {
                 if a.0 == b.0 {

@@ -375,3 +375,65 @@ fn a_panic_in_a_node_log_is_caught() {
     assert_eq!(result.verdict, Verdict::Fail);
     assert_eq!(result.details["examples"][0]["file"], json!("n2.log"));
 }
+
+#[test]
+fn mqtt_redeliveries_are_counted_not_failed_but_grpc_duplicates_are() {
+    let s = Stream::new();
+    let inv = s.rec.record(
+        Op::new(OpKind::Invoke, Process::Client(9), "publish")
+            .key("k1")
+            .node("mqtt")
+            .value(json!({"key": "k1", "producer": 9, "seq": 1, "id": "k1:9:1", "via": "mqtt"})),
+    );
+    s.rec.record(Op::completion_of(&inv, OpKind::Ok));
+    s.read(
+        "final-read",
+        "k1",
+        &[("k1:9:1", "n1", 3, 100), ("k1:9:1", "n1", 3, 101)],
+    );
+    let ops = s.ops();
+    assert_eq!(check_order(&ops).verdict, Verdict::Pass);
+    let g4 = check_delivery(&ops);
+    assert_eq!(g4.verdict, Verdict::Pass, "{g4:#?}");
+    assert_eq!(g4.details["counts"]["mqtt_redelivered"], json!(1));
+    // A redelivery that goes back in the sequence is a reordering all the same.
+    let b = Stream::new();
+    for seq in 1..=2 {
+        let inv = b.rec.record(
+            Op::new(OpKind::Invoke, Process::Client(9), "publish")
+                .key("k1")
+                .value(json!({"id": format!("k1:9:{seq}"), "via": "mqtt"})),
+        );
+        b.rec.record(Op::completion_of(&inv, OpKind::Ok));
+    }
+    b.read(
+        "final-read",
+        "k1",
+        &[
+            ("k1:9:1", "n1", 3, 100),
+            ("k1:9:2", "n1", 3, 101),
+            ("k1:9:1", "n1", 3, 102),
+        ],
+    );
+    assert_eq!(check_order(&b.ops()).verdict, Verdict::Fail);
+}
+
+#[test]
+fn a_node_that_exits_by_itself_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("n1.log"), "INFO started\n").unwrap();
+    let rec = Recorder::new(None).unwrap();
+    let s = rec.record(Op::new(OpKind::Invoke, Process::Nemesis, "stop"));
+    rec.record(
+        Op::completion_of(&s, OpKind::Info)
+            .value(json!({"exited_by_themselves": [{"node": "n4", "status": "exit status: 1"}]})),
+    );
+    let exits = logs::exits(&rec.ops(), &[]);
+    assert_eq!(exits.len(), 1);
+    let result = logs::check_panics_and_exits(dir.path(), &exits);
+    assert_eq!(result.verdict, Verdict::Fail, "{result:#?}");
+    assert_eq!(
+        logs::check_panics_and_exits(dir.path(), &[]).verdict,
+        Verdict::Pass
+    );
+}

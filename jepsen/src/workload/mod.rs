@@ -70,6 +70,13 @@ pub struct WorkloadConfig {
     pub keys: usize,
     /// Register: operations per key before the key is retired for a fresh one.
     pub ops_per_key: usize,
+    /// Register: read with `READ_CONSISTENCY_LOCAL` (may be stale: G1 should then fail; a
+    /// demonstration that the checker catches stale reads on a live cluster).
+    pub local_reads: bool,
+    /// Stream: producers publishing over MQTT QoS 1 through the broker (beside the gRPC ones).
+    pub mqtt_producers: usize,
+    /// Stream: the broker's `host:port`.
+    pub broker: String,
 }
 
 /// What to do with a failed call.

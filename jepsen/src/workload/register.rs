@@ -162,11 +162,21 @@ fn is_refused(text: &str) -> bool {
     text.to_ascii_lowercase().contains("connection refused")
 }
 
-/// Linearizable `GetRoute` at `addr`, following NotLeader answers.
-async fn get(channels: &mut Channels, addr: &str, name: &str) -> Result<Option<Route>, Classified> {
+/// `GetRoute` at `addr` (linearizable unless `local`), following NotLeader answers.
+async fn get(
+    channels: &mut Channels,
+    addr: &str,
+    name: &str,
+    local: bool,
+) -> Result<Option<Route>, Classified> {
+    let consistency = if local {
+        ReadConsistency::Local
+    } else {
+        ReadConsistency::Linearizable
+    };
     let req = GetRouteRequest {
         name: name.to_string(),
-        consistency: ReadConsistency::Linearizable as i32,
+        consistency: consistency as i32,
     };
     let mut at = addr.to_string();
     for hop in 0..4 {
@@ -188,6 +198,7 @@ async fn get(channels: &mut Channels, addr: &str, name: &str) -> Result<Option<R
 }
 
 /// Performs and records one read by `process`; returns false when its outcome was not ok.
+#[allow(clippy::too_many_arguments)]
 async fn read_once(
     recorder: &Recorder,
     channels: &mut Channels,
@@ -196,14 +207,17 @@ async fn read_once(
     addr: &str,
     key: &str,
     op_timeout: Duration,
+    local: bool,
     seen: &mut HashMap<String, (Option<u64>, u64)>,
 ) -> bool {
-    let invoke = recorder.record(
-        Op::new(OpKind::Invoke, Process::Client(process), "read")
-            .key(key)
-            .node(node),
-    );
-    let done = match timeout(op_timeout, get(channels, addr, key)).await {
+    let mut invoke = Op::new(OpKind::Invoke, Process::Client(process), "read")
+        .key(key)
+        .node(node);
+    if local {
+        invoke = invoke.extra(json!({"consistency": "local"}));
+    }
+    let invoke = recorder.record(invoke);
+    let done = match timeout(op_timeout, get(channels, addr, key, local)).await {
         Ok(Ok(route)) => {
             let version = route.as_ref().map(|r| r.version).unwrap_or(0);
             match route.as_ref().map(|r| decode(key, r)) {
@@ -264,6 +278,7 @@ pub async fn run_client(
                 &spec.addr,
                 &key,
                 cfg.op_timeout,
+                cfg.local_reads,
                 &mut seen,
             )
             .await
@@ -359,6 +374,7 @@ pub async fn final_reads(
                 addr,
                 &key,
                 op_timeout,
+                false,
                 &mut seen,
             )
             .await

@@ -7,15 +7,16 @@
 //!   `jstream/<key>/<process>`, message id `<key>:<process>:<seq>`, payload the same as JSON.
 //!   The process id is the producer: after an `info` the producer continues as a new process,
 //!   so its sequence numbers only need to be ordered among its own, acknowledged or not.
+//! - `publish` over MQTT (`--mqtt-producers`; value `via: "mqtt"`, node `mqtt`): QoS 1 to the
+//!   broker, ok on the broker's PUBACK, `info` on a timeout or a lost connection. MQTT 3.1.1
+//!   carries no message id, so the node generates one; the harness identifies such entries by
+//!   the `id` in their payload.
 //! - `read-journal` (one reader during the run) and `final-read` (after healing, a fresh process
 //!   per key, retried on every node in turn): `Messages.ReadJournal` from offset 0 to the end.
 //!
 //! If the Messages or Routes service answers `UNIMPLEMENTED`, every operation is recorded as
 //! `fail` with that reason and the clients slow down to one attempt per second; the checkers
 //! then report `not-run`.
-//!
-//! Non-goals yet: MQTT QoS 1 producers through the broker (the broker runs, the ingress is
-//! being built).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use routemq_proto::v1::routes_client::RoutesClient;
 use routemq_proto::v1::{
     handler, Handler, JournalHandler, PublishRequest, PutRouteRequest, ReadJournalRequest, Route, RouteMode,
 };
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde_json::{json, Value};
 use tokio::time::{sleep, timeout, Instant};
 
@@ -175,7 +177,7 @@ pub async fn run_producer(
             *s
         };
         let id = message_id(&key, process, seq);
-        let value = json!({"key": key, "producer": process, "seq": seq, "id": id});
+        let value = json!({"key": key, "producer": process, "seq": seq, "id": id, "via": "grpc"});
         let invoke = recorder.record(
             Op::new(OpKind::Invoke, Process::Client(process), "publish")
                 .key(&key)
@@ -235,6 +237,146 @@ pub async fn run_producer(
     }
 }
 
+/// What the MQTT connection task reports.
+#[derive(Debug)]
+enum MqttEvent {
+    /// A PUBLISH left with this packet id.
+    Sent(u16),
+    /// The broker acknowledged this packet id.
+    Acked(u16),
+    /// The connection failed (rumqttc reconnects on the next poll).
+    Error(String),
+}
+
+/// Runs one MQTT QoS 1 producer (connected to the broker, not to a node) until `deadline`.
+pub async fn run_mqtt_producer(
+    spec: ProducerSpec,
+    keys: Arc<Vec<String>>,
+    cfg: WorkloadConfig,
+    recorder: Arc<Recorder>,
+    deadline: Instant,
+) {
+    let (host, port) = match cfg.broker.rsplit_once(':') {
+        Some((h, p)) => (h.to_string(), p.parse().unwrap_or(1883)),
+        None => (cfg.broker.clone(), 1883),
+    };
+    let mut conn = MqttConn::open(&host, port, spec.process);
+    let mut rng = StdRng::seed_from_u64(spec.seed);
+    let mut process = spec.process;
+    let mut seqs: HashMap<String, u64> = HashMap::new();
+    loop {
+        let think = cfg.think.mul_f64(rng.random_range(0.0..2.0));
+        if Instant::now() + think >= deadline {
+            break;
+        }
+        sleep(think).await;
+        while conn.rx.try_recv().is_ok() {}
+        let key = keys[rng.random_range(0..keys.len())].clone();
+        let seq = {
+            let s = seqs.entry(key.clone()).or_insert(0);
+            *s += 1;
+            *s
+        };
+        let id = message_id(&key, process, seq);
+        let value = json!({"key": key, "producer": process, "seq": seq, "id": id, "via": "mqtt"});
+        let invoke = recorder.record(
+            Op::new(OpKind::Invoke, Process::Client(process), "publish")
+                .key(&key)
+                .node("mqtt")
+                .value(value.clone()),
+        );
+        let (client, rx) = (&conn.client, &mut conn.rx);
+        let wait = async {
+            client
+                .publish(
+                    format!("jstream/{key}/{process}"),
+                    QoS::AtLeastOnce,
+                    false,
+                    value.to_string(),
+                )
+                .await
+                .map_err(|e| (false, format!("CLIENT: {e}")))?;
+            let mut pkid = None;
+            while let Some(ev) = rx.recv().await {
+                match ev {
+                    MqttEvent::Sent(p) if pkid.is_none() => pkid = Some(p),
+                    MqttEvent::Acked(p) if Some(p) == pkid => return Ok(p),
+                    // Queued in the client: it may still go out after the reconnect.
+                    MqttEvent::Error(e) => return Err((true, format!("CONNECTION: {e}"))),
+                    _ => {}
+                }
+            }
+            Err((true, "CONNECTION: event loop ended".to_string()))
+        };
+        let done = match timeout(cfg.op_timeout, wait).await {
+            Ok(Ok(pkid)) => Op::completion_of(&invoke, OpKind::Ok)
+                .value(json!(id))
+                .extra(json!({"pkid": pkid})),
+            // Never handed to the connection: the broker cannot have it.
+            Ok(Err((false, e))) => Op::completion_of(&invoke, OpKind::Fail).value(json!(id)).error(e),
+            Ok(Err((true, e))) => Op::completion_of(&invoke, OpKind::Info).value(json!(id)).error(e),
+            Err(_) => Op::completion_of(&invoke, OpKind::Info)
+                .value(json!(id))
+                .error(format!("TIMEOUT: no PUBACK within {:?}", cfg.op_timeout)),
+        };
+        let kind = done.kind;
+        recorder.record(done);
+        if kind == OpKind::Info {
+            // Crashed: a new producer with a new connection, so that a late PUBLISH of the
+            // old message can never be taken for the new one's.
+            process += spec.stride;
+            seqs.clear();
+            conn.close().await;
+            conn = MqttConn::open(&host, port, process);
+            sleep(Duration::from_millis(200)).await;
+        }
+    }
+    conn.close().await;
+}
+
+/// One MQTT connection of a producer: the client and the task polling its event loop.
+struct MqttConn {
+    client: AsyncClient,
+    rx: tokio::sync::mpsc::UnboundedReceiver<MqttEvent>,
+    events: tokio::task::JoinHandle<()>,
+}
+
+impl MqttConn {
+    fn open(host: &str, port: u16, process: u64) -> MqttConn {
+        let mut options = MqttOptions::new(format!("jepsen-producer-{process}"), host, port);
+        options
+            .set_keep_alive(Duration::from_secs(5))
+            .set_clean_session(true);
+        let (client, mut eventloop) = AsyncClient::new(options, 16);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let events = tokio::spawn(async move {
+            loop {
+                let event = match eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Some(MqttEvent::Sent(pkid)),
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => Some(MqttEvent::Acked(ack.pkid)),
+                    Ok(_) => None,
+                    Err(e) => {
+                        let _ = tx.send(MqttEvent::Error(e.to_string()));
+                        sleep(Duration::from_millis(300)).await;
+                        None
+                    }
+                };
+                if let Some(ev) = event {
+                    if tx.send(ev).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        MqttConn { client, rx, events }
+    }
+
+    async fn close(&mut self) {
+        let _ = timeout(Duration::from_millis(500), self.client.disconnect()).await;
+        self.events.abort();
+    }
+}
+
 /// Reads a key's whole journal through `addr`: the entries as history values.
 async fn read_journal(channels: &mut Channels, addr: &str, key: &str) -> Result<Vec<Value>, String> {
     let channel = channels.get(addr).map_err(|s| status_text(&s))?;
@@ -254,9 +396,15 @@ async fn read_journal(channels: &mut Channels, addr: &str, key: &str) -> Result<
             .into_inner();
         let n = resp.entries.len();
         for e in resp.entries {
+            // The producer's id travels in the payload too (MQTT messages get a generated
+            // message id).
+            let payload_id = serde_json::from_slice::<Value>(&e.payload)
+                .ok()
+                .and_then(|v| v.get("id").and_then(Value::as_str).map(String::from));
+            let id = payload_id.unwrap_or_else(|| e.message_id.clone());
             out.push(
-                json!({"o": e.offset, "id": e.message_id, "by": e.processed_by, "ep": e.epoch,
-                            "at": e.processed_at_unix_ms, "p": e.partition}),
+                json!({"o": e.offset, "id": id, "mid": e.message_id, "by": e.processed_by,
+                            "ep": e.epoch, "at": e.processed_at_unix_ms, "p": e.partition}),
             );
         }
         if resp.end || n == 0 {
@@ -268,16 +416,17 @@ async fn read_journal(channels: &mut Channels, addr: &str, key: &str) -> Result<
 }
 
 /// Performs and records one journal read (`f` = `read-journal` or `final-read`).
+/// `at` = (node, gRPC address).
 async fn read_once(
     recorder: &Recorder,
     channels: &mut Channels,
     f: &str,
     process: u64,
-    node: &str,
-    addr: &str,
+    at: (&str, &str),
     key: &str,
     within: Duration,
 ) -> Result<(), String> {
+    let (node, addr) = at;
     let invoke = recorder.record(
         Op::new(OpKind::Invoke, Process::Client(process), f)
             .key(key)
@@ -304,19 +453,31 @@ async fn read_once(
     }
 }
 
+/// The reader's settings.
+#[derive(Debug, Clone)]
+pub struct ReaderSpec {
+    /// Its process id.
+    pub process: u64,
+    /// (node, gRPC address) of every node; it reads through each in turn.
+    pub nodes: Vec<(String, String)>,
+    /// Pause between reads.
+    pub period: Duration,
+    /// Deadline of one whole-journal read.
+    pub op_timeout: Duration,
+    /// RNG seed.
+    pub seed: u64,
+}
+
 /// A reader during the run: every ~`period`, one random key's whole journal through the
 /// next node.
 pub async fn run_reader(
-    process: u64,
-    nodes: Vec<(String, String)>,
+    spec: ReaderSpec,
     keys: Arc<Vec<String>>,
     recorder: Arc<Recorder>,
-    period: Duration,
-    op_timeout: Duration,
     deadline: Instant,
-    seed: u64,
 ) {
-    let mut rng = StdRng::seed_from_u64(seed);
+    let (nodes, period, op_timeout) = (spec.nodes.clone(), spec.period, spec.op_timeout);
+    let mut rng = StdRng::seed_from_u64(spec.seed);
     let mut channels = Channels::default();
     let mut i = 0usize;
     while Instant::now() + period < deadline {
@@ -328,9 +489,8 @@ pub async fn run_reader(
             &recorder,
             &mut channels,
             "read-journal",
-            process,
-            node,
-            addr,
+            spec.process,
+            (node, addr),
             key,
             op_timeout,
         )
@@ -366,8 +526,7 @@ pub async fn final_reads(
                 &mut channels,
                 "final-read",
                 process,
-                node,
-                addr,
+                (node, addr),
                 key,
                 op_timeout,
             )

@@ -24,7 +24,7 @@ use rumqttc::{
     SubscribeReasonCode,
 };
 use tokio::sync::{mpsc, watch};
-use tokio::time::{sleep, Instant};
+use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -454,7 +454,7 @@ fn is_peer_close(e: &ConnectionError) -> bool {
 
 /// A packet from the broker that rumqttc could not decode.
 fn bad_packet_reason(e: &ConnectionError) -> Option<&'static str> {
-    use rumqttc::Error as E;
+    use rumqttc::mqttbytes::Error as E;
     match e {
         ConnectionError::MqttState(StateError::Deserialization(inner)) => Some(match inner {
             E::TopicNotUtf8 => "malformed_topic",
@@ -508,8 +508,8 @@ async fn shared_worker<D: Dispatch>(
     let mut draining = false;
     let mut disconnect_requested = false;
     let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
-    let idle = sleep(far_future);
-    let deadline = sleep(far_future);
+    let idle = sleep_until(far_future);
+    let deadline = sleep_until(far_future);
     tokio::pin!(idle, deadline);
 
     while input_open || !in_flight.is_empty() {

@@ -61,8 +61,9 @@ pub(crate) enum AfterPeerClose {
 /// A single close by the broker is ambiguous (restart, network, takeover) and is answered with
 /// a normal reconnect. A second close of an established connection within `window` is taken
 /// as a takeover fight: the guard answers [`AfterPeerClose::Fence`] with a delay that doubles
-/// on each further fence (from `fence_min` up to `fence_max`). A connection that stays up for a
-/// whole `window` clears the history. The node's ingress plan, not this guard, decides who
+/// on each further fence (from `fence_min` up to `fence_max`), and keeps answering it while
+/// closes keep coming within the window. A connection that stays up for a whole `window` clears
+/// the history. The node's ingress plan, not this guard, decides who
 /// holds a route; the guard only keeps a stale or misconfigured second holder from spinning.
 #[derive(Debug, Clone)]
 pub(crate) struct TakeoverGuard {
@@ -110,7 +111,8 @@ impl TakeoverGuard {
         if self.closes.len() < 2 {
             return AfterPeerClose::Reconnect;
         }
-        self.closes.clear();
+        // The history is kept: coming back from a fence and being thrown off again within the
+        // window fences again at once (one connection per fence period, not a burst).
         let factor = 2u32.saturating_pow(self.fences.min(16));
         self.fences = self.fences.saturating_add(1);
         AfterPeerClose::Fence(self.fence_min.saturating_mul(factor).min(self.fence_max))
@@ -173,11 +175,11 @@ mod tests {
             [
                 Reconnect,
                 Fence(10 * S),
-                Reconnect,
                 Fence(20 * S),
-                Reconnect,
                 Fence(25 * S),
-                Reconnect,
+                Fence(25 * S),
+                Fence(25 * S),
+                Fence(25 * S),
                 Fence(25 * S)
             ]
         );

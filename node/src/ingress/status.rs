@@ -1,6 +1,5 @@
 //! Connection state as the node sees it (`/ready`, logs) and as Prometheus sees it (metrics).
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -66,7 +65,7 @@ impl IngressStatus {
     }
 
     /// The connections of one route.
-    pub fn route(&self, route: &str) -> impl Iterator<Item = &ConnectionStatus> {
+    pub fn route<'a>(&'a self, route: &'a str) -> impl Iterator<Item = &'a ConnectionStatus> + 'a {
         self.connections.iter().filter(move |c| c.route == route)
     }
 }

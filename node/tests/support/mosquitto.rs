@@ -12,7 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Where the broker binary is looked for (the first that exists), unless `MOSQUITTO_BIN` is set.
-const CANDIDATES: &[&str] = &["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"];
+const CANDIDATES: &[&str] = &[
+    "/usr/sbin/mosquitto",
+    "/usr/bin/mosquitto",
+    "/usr/local/sbin/mosquitto",
+];
 
 /// A Mosquitto process owned by a test.
 pub struct Mosquitto {
@@ -33,7 +37,11 @@ impl Mosquitto {
             .prefix("routemq-mosquitto-")
             .tempdir()
             .expect("temp dir for mosquitto");
-        let mut broker = Self { port, dir, child: None };
+        let mut broker = Self {
+            port,
+            dir,
+            child: None,
+        };
         broker.write_config();
         broker.launch();
         broker
@@ -61,7 +69,9 @@ impl Mosquitto {
 
     /// Stops the broker gracefully (SIGTERM: it saves its persistence file), SIGKILL after 5 s.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .stdout(Stdio::null())
@@ -144,7 +154,10 @@ impl Mosquitto {
                 }
                 panic!("mosquitto exited at start: {err}\nlog:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "mosquitto did not listen on {addr} within 10 s");
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {addr} within 10 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

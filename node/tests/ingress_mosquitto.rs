@@ -1,0 +1,930 @@
+//! MQTT ingress against a real Mosquitto, with real rumqttc publishers and a fake dispatcher.
+//!
+//! Every test starts its own broker on a free loopback port and is bounded in time. The bench
+//! is ignored by default:
+//! `cargo test -p routemq-node --test ingress_mosquitto -- --ignored --nocapture bench`
+
+#[path = "support/mosquitto.rs"]
+mod mosquitto;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mosquitto::Mosquitto;
+use routemq_node::ingress::{
+    spawn_ingress, IngressHandle, IngressPlan, IngressSettings, IngressStatus, OrderedSubscription,
+    SharedSubscription,
+};
+use routemq_node::message::{Accepted, Dispatch, InboundMessage, PublishError};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+/// Upper bound for any one test.
+const TEST_LIMIT: Duration = Duration::from_secs(120);
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+async fn bounded<F: Future<Output = ()>>(body: F) {
+    init_tracing();
+    tokio::time::timeout(TEST_LIMIT, body)
+        .await
+        .expect("test exceeded its time limit");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A fake dispatcher whose answer per call is chosen by a closure.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Act {
+    Accept,
+    /// `Unavailable`: retryable.
+    Retry,
+    /// `NoRoute`: final.
+    NoRoute,
+    /// Never answers (a dispatch in flight when the holder dies).
+    Hang,
+    /// Accepts after this long.
+    Slow(Duration),
+}
+
+type Behaviour = Box<dyn Fn(u64, &InboundMessage) -> Act + Send + Sync>;
+
+struct FakeDispatcher {
+    behaviour: Behaviour,
+    calls: AtomicU64,
+    /// Every call, in call order.
+    attempts: Mutex<Vec<InboundMessage>>,
+    /// Every message answered with `Ok`, in answer order.
+    accepted: Mutex<Vec<InboundMessage>>,
+}
+
+impl FakeDispatcher {
+    fn new(behaviour: impl Fn(u64, &InboundMessage) -> Act + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Self {
+            behaviour: Box::new(behaviour),
+            calls: AtomicU64::new(0),
+            attempts: Mutex::new(Vec::new()),
+            accepted: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn accepting() -> Arc<Self> {
+        Self::new(|_, _| Act::Accept)
+    }
+
+    fn accepted(&self) -> Vec<InboundMessage> {
+        self.accepted.lock().unwrap().clone()
+    }
+
+    fn accepted_count(&self) -> usize {
+        self.accepted.lock().unwrap().len()
+    }
+
+    fn attempts(&self) -> Vec<InboundMessage> {
+        self.attempts.lock().unwrap().clone()
+    }
+
+    fn accepted_seqs(&self) -> Vec<u64> {
+        self.accepted().iter().map(seq_of).collect()
+    }
+}
+
+impl Dispatch for FakeDispatcher {
+    fn dispatch(
+        &self,
+        message: InboundMessage,
+    ) -> impl Future<Output = Result<Accepted, PublishError>> + Send {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let act = (self.behaviour)(call, &message);
+        self.attempts.lock().unwrap().push(message.clone());
+        async move {
+            match act {
+                Act::Accept => {}
+                Act::Slow(d) => tokio::time::sleep(d).await,
+                Act::Retry => return Err(PublishError::Unavailable("owner unreachable (test)".into())),
+                Act::NoRoute => return Err(PublishError::NoRoute(message.topic.clone())),
+                Act::Hang => std::future::pending::<()>().await,
+            }
+            self.accepted.lock().unwrap().push(message.clone());
+            Ok(Accepted {
+                message_id: String::new(),
+                route: "test".into(),
+                key: message.topic,
+                partition: 0,
+                processed_by: "test".into(),
+                epoch: 1,
+            })
+        }
+    }
+}
+
+fn seq_of(m: &InboundMessage) -> u64 {
+    let text = String::from_utf8_lossy(&m.payload);
+    text.split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
+/// A payload starting with the sequence number, padded with spaces to `size` bytes.
+fn payload(seq: u64, size: usize) -> Vec<u8> {
+    let mut p = format!("{seq} ").into_bytes();
+    p.resize(size.max(p.len()), b'.');
+    p
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ingress and publisher helpers.
+
+fn settings(port: u16, node: &str) -> IngressSettings {
+    IngressSettings {
+        host: "127.0.0.1".into(),
+        port,
+        node_id: node.into(),
+        client_id_prefix: "test".into(),
+        group_name: "routemq".into(),
+        keep_alive: Duration::from_secs(5),
+        reconnect_backoff_min: Duration::from_millis(100),
+        reconnect_backoff_max: Duration::from_secs(1),
+        dispatch_retry_min: Duration::from_millis(5),
+        dispatch_retry_max: Duration::from_millis(50),
+        takeover_window: Duration::from_secs(10),
+        takeover_fence_min: Duration::from_secs(2),
+        takeover_fence_max: Duration::from_secs(8),
+        shutdown_grace: Duration::from_secs(2),
+        ..IngressSettings::default()
+    }
+}
+
+fn ordered(route: &str, filter: &str, client_id: &str) -> OrderedSubscription {
+    OrderedSubscription {
+        route: route.into(),
+        filter: filter.into(),
+        qos: 1,
+        client_id: client_id.into(),
+    }
+}
+
+fn shared(route: &str, filter: &str, worker_count: u32) -> SharedSubscription {
+    SharedSubscription {
+        route: route.into(),
+        filter: filter.into(),
+        qos: 1,
+        worker_count,
+    }
+}
+
+struct Ingress {
+    handle: IngressHandle,
+    plan: watch::Sender<Arc<IngressPlan>>,
+}
+
+impl Ingress {
+    fn start<D: Dispatch>(settings: IngressSettings, dispatcher: Arc<D>, plan: IngressPlan) -> Self {
+        let (tx, rx) = watch::channel(Arc::new(plan));
+        Self {
+            handle: spawn_ingress(settings, dispatcher, rx),
+            plan: tx,
+        }
+    }
+
+    fn status(&self) -> IngressStatus {
+        self.handle.status()
+    }
+
+    fn set_plan(&self, plan: IngressPlan) {
+        self.plan.send_replace(Arc::new(plan));
+    }
+
+    /// Waits until every connection of the plan is up and subscribed.
+    async fn ready(&self, expected_connections: usize) {
+        wait_for(
+            "ingress connected and subscribed",
+            Duration::from_secs(20),
+            || {
+                let st = self.status();
+                st.connections.len() == expected_connections
+                    && st.connections.iter().all(|c| c.connected && c.subscribed)
+            },
+        )
+        .await;
+    }
+}
+
+async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Publishes every message at `qos` and returns once the broker acknowledged them all.
+async fn publish_all(port: u16, client_id: &str, messages: Vec<(String, Vec<u8>)>) {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    options.set_keep_alive(Duration::from_secs(10));
+    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    let total = messages.len();
+    let send = async {
+        for (topic, body) in messages {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, body)
+                .await
+                .expect("queue publish");
+        }
+    };
+    let drive = async {
+        let mut acked = 0;
+        while acked < total {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("publisher {client_id}: {e}"),
+            }
+        }
+    };
+    tokio::join!(send, drive);
+    client.disconnect().await.expect("queue disconnect");
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn sequence(topic: &str, range: std::ops::Range<u64>, size: usize) -> Vec<(String, Vec<u8>)> {
+    range.map(|seq| (topic.to_string(), payload(seq, size))).collect()
+}
+
+fn total(st: &IngressStatus, f: impl Fn(&routemq_node::ingress::ConnectionStatus) -> u64) -> u64 {
+    st.connections.iter().map(f).sum()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shared_route_delivers_every_message_across_worker_connections() {
+    bounded(async {
+        let broker = Mosquitto::start();
+        let dispatcher = FakeDispatcher::accepting();
+        let plan = IngressPlan {
+            shared: vec![shared("telemetry", "telemetry/+/data", 3)],
+            ordered_held: vec![],
+        };
+        let ingress = Ingress::start(settings(broker.port(), "n1"), dispatcher.clone(), plan);
+        ingress.ready(3).await;
+        let ids: Vec<String> = ingress
+            .status()
+            .connections
+            .iter()
+            .map(|c| c.client_id.clone())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "test-n1-telemetry-0",
+                "test-n1-telemetry-1",
+                "test-n1-telemetry-2"
+            ]
+        );
+
+        const N: u64 = 600;
+        let messages: Vec<(String, Vec<u8>)> = (0..N)
+            .map(|i| (format!("telemetry/dev{}/data", i % 10), payload(i, 32)))
+            .collect();
+        publish_all(broker.port(), "pub-shared", messages).await;
+
+        wait_for("all shared messages dispatched", Duration::from_secs(30), || {
+            dispatcher.accepted_count() as u64 >= N
+        })
+        .await;
+        wait_for(
+            "all shared messages acknowledged",
+            Duration::from_secs(10),
+            || total(&ingress.status(), |c| c.acked) == N,
+        )
+        .await;
+        let seen: HashSet<u64> = dispatcher.accepted_seqs().into_iter().collect();
+        assert_eq!(seen, (0..N).collect::<HashSet<u64>>(), "every message arrives");
+        assert_eq!(dispatcher.accepted_count() as u64, N, "no duplicates");
+        let st = ingress.status();
+        let per_connection: Vec<u64> = st.connections.iter().map(|c| c.received).collect();
+        assert!(
+            per_connection.iter().filter(|n| **n > 0).count() >= 2,
+            "the broker spreads over the worker connections: {per_connection:?}"
+        );
+        println!("shared route: {N} messages over 3 connections, per connection {per_connection:?}");
+        ingress.handle.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ordered_route_keeps_order_and_loses_nothing() {
+    bounded(async {
+        let broker = Mosquitto::start();
+        let dispatcher = FakeDispatcher::accepting();
+        let plan = IngressPlan {
+            shared: vec![],
+            ordered_held: vec![ordered("orders", "orders/#", "routemq-orders")],
+        };
+        let ingress = Ingress::start(settings(broker.port(), "n1"), dispatcher.clone(), plan);
+        ingress.ready(1).await;
+
+        publish_all(broker.port(), "pub-ordered", sequence("orders/dev1", 0..500, 32)).await;
+        wait_for("500 ordered messages", Duration::from_secs(30), || {
+            dispatcher.accepted_count() >= 500
+        })
+        .await;
+        assert_eq!(
+            dispatcher.accepted_seqs(),
+            (0..500).collect::<Vec<u64>>(),
+            "in order, none lost"
+        );
+        assert_eq!(dispatcher.attempts().len(), 500, "each dispatched once");
+        wait_for("500 acknowledgements", Duration::from_secs(10), || {
+            ingress.status().connections[0].acked == 500
+        })
+        .await;
+        ingress.handle.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ordered_route_retries_in_place_on_retryable_failures() {
+    bounded(async {
+        let broker = Mosquitto::start();
+        // Every 7th call fails retryably, the first time a message is tried.
+        let failed_once = Mutex::new(HashSet::new());
+        let dispatcher = FakeDispatcher::new(move |call, m| {
+            if call % 7 == 0 && failed_once.lock().unwrap().insert(seq_of(m)) {
+                Act::Retry
+            } else {
+                Act::Accept
+            }
+        });
+        let plan = IngressPlan {
+            shared: vec![],
+            ordered_held: vec![ordered("orders", "orders/#", "routemq-orders-retry")],
+        };
+        let ingress = Ingress::start(settings(broker.port(), "n1"), dispatcher.clone(), plan);
+        ingress.ready(1).await;
+
+        publish_all(broker.port(), "pub-retry", sequence("orders/dev7", 0..500, 32)).await;
+        wait_for("500 ordered messages", Duration::from_secs(30), || {
+            dispatcher.accepted_count() >= 500
+        })
+        .await;
+        assert_eq!(
+            dispatcher.accepted_seqs(),
+            (0..500).collect::<Vec<u64>>(),
+            "in order, none lost"
+        );
+        let attempts = dispatcher.attempts();
+        let failures = attempts.len() - 500;
+        assert!(failures >= 500 / 7, "the dispatcher failed {failures} times");
+        // A failed message is retried before anything after it is tried.
+        let tried: Vec<u64> = attempts.iter().map(seq_of).collect();
+        assert!(
+            tried.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1),
+            "never skips ahead"
+        );
+        let st = ingress.status();
+        assert_eq!(st.connections[0].retries, failures as u64);
+        println!("ordered route with retryable failures: {failures} retries, order kept");
+        ingress.handle.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_resumes_the_persistent_session_in_order() {
+    bounded(async {
+        let broker = Mosquitto::start();
+        let client_id = "routemq-orders-failover";
+        let plan = IngressPlan {
+            shared: vec![],
+            ordered_held: vec![ordered("orders", "orders/#", client_id)],
+        };
+
+        // Holder A processes 0..199 and is stuck dispatching 200 when it dies.
+        let a_dispatcher = FakeDispatcher::new(|_, m| if seq_of(m) == 200 { Act::Hang } else { Act::Accept });
+        let a = Ingress::start(
+            settings(broker.port(), "node-a"),
+            a_dispatcher.clone(),
+            plan.clone(),
+        );
+        a.ready(1).await;
+        publish_all(
+            broker.port(),
+            "pub-failover-1",
+            sequence("orders/dev1", 0..300, 32),
+        )
+        .await;
+        wait_for("A reaches message 200", Duration::from_secs(30), || {
+            a_dispatcher.attempts().iter().any(|m| seq_of(m) == 200)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Crash: no DISCONNECT, 200 never acknowledged.
+        a.handle.abort().await;
+
+        // Published while nobody holds the route: the broker queues them for the session.
+        publish_all(
+            broker.port(),
+            "pub-failover-2",
+            sequence("orders/dev1", 300..500, 32),
+        )
+        .await;
+
+        // Holder B takes over with the same client id and resumes.
+        let b_dispatcher = FakeDispatcher::accepting();
+        let b = Ingress::start(settings(broker.port(), "node-b"), b_dispatcher.clone(), plan);
+        wait_for("B receives up to 499", Duration::from_secs(30), || {
+            b_dispatcher.accepted_seqs().last() == Some(&499)
+        })
+        .await;
+
+        let a_seqs = a_dispatcher.accepted_seqs();
+        let b_seqs = b_dispatcher.accepted_seqs();
+        assert_eq!(a_seqs, (0..200).collect::<Vec<u64>>());
+        assert!(
+            b_seqs.first().is_some_and(|first| *first <= 200),
+            "B starts with the unacknowledged one"
+        );
+        let merged: Vec<u64> = a_seqs.iter().chain(b_seqs.iter()).copied().collect();
+        // Duplicates only as redeliveries of what A had not acknowledged; never a gap or reorder.
+        let distinct: HashSet<u64> = merged.iter().copied().collect();
+        assert_eq!(distinct, (0..500).collect::<HashSet<u64>>(), "nothing lost");
+        let b_sorted = b_seqs.windows(2).all(|w| w[0] < w[1]);
+        assert!(
+            b_sorted,
+            "B processes in order without duplicates of its own: {b_seqs:?}"
+        );
+        let duplicates = merged.len() - distinct.len();
+        // The in-flight message 200 was tried by A and again by B.
+        let tried_200 = a_dispatcher
+            .attempts()
+            .iter()
+            .chain(b_dispatcher.attempts().iter())
+            .filter(|m| seq_of(m) == 200)
+            .count();
+        assert_eq!(tried_200, 2, "the in-flight message is redelivered once");
+        println!(
+            "failover: A accepted {}, B accepted {} (first {:?}); duplicates among accepted: {duplicates}; \
+             message 200 dispatched {tried_200} times (A's attempt abandoned)",
+            a_seqs.len(),
+            b_seqs.len(),
+            b_seqs.first()
+        );
+        b.handle.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn takeover_does_not_reconnect_in_a_tight_loop() {
+    bounded(async {
+        let broker = Mosquitto::start();
+        let plan = IngressPlan {
+            shared: vec![],
+            ordered_held: vec![ordered("orders", "orders/#", "routemq-contended")],
+        };
+        let a = Ingress::start(settings(broker.port(), "node-a"), FakeDispatcher::accepting(), plan.clone());
+        a.ready(1).await;
+        let b = Ingress::start(settings(broker.port(), "node-b"), FakeDispatcher::accepting(), plan);
+
+        let window = Duration::from_secs(8);
+        let started = Instant::now();
+        let mut both_connected_samples = 0;
+        let mut samples = 0;
+        while started.elapsed() < window {
+            let (sa, sb) = (a.status(), b.status());
+            let up = |s: &IngressStatus| s.connections.first().is_some_and(|c| c.connected);
+            samples += 1;
+            if up(&sa) && up(&sb) {
+                both_connected_samples += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (sa, sb) = (a.status(), b.status());
+        let (ca, cb) = (&sa.connections[0], &sb.connections[0]);
+        println!(
+            "takeover over {window:?}: A connects {} reconnects {} broker closes {} fences {}; \
+             B connects {} reconnects {} broker closes {} fences {}; both up in {both_connected_samples}/{samples} samples",
+            ca.connects, ca.reconnects, ca.peer_closes, ca.fences, cb.connects, cb.reconnects, cb.peer_closes, cb.fences
+        );
+        assert!(ca.peer_closes >= 1, "the broker threw A off when B took the session over");
+        assert!(ca.fences + cb.fences >= 1, "the fight was detected");
+        // Without the guard each side would reconnect every ~100 ms (about 80 times in 8 s).
+        assert!(
+            ca.reconnects + cb.reconnects <= 12,
+            "bounded reconnects: A {} + B {}",
+            ca.reconnects,
+            cb.reconnects
+        );
+        assert!(sa.last_error.is_some_and(|e| e.contains("taking over") || e.contains("closed by the broker")));
+        a.handle.shutdown().await;
+        b.handle.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_down_at_start_then_restarted() {
+    bounded(async {
+        let port = mosquitto::free_port();
+        let dispatcher = FakeDispatcher::accepting();
+        let plan = IngressPlan {
+            shared: vec![shared("telemetry", "telemetry/#", 1)],
+            ordered_held: vec![ordered("orders", "orders/#", "routemq-orders-restart")],
+        };
+        let ingress = Ingress::start(settings(port, "n1"), dispatcher.clone(), plan);
+
+        // No broker yet.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let st = ingress.status();
+        assert_eq!(st.connections.len(), 2);
+        assert!(
+            st.connections.iter().all(|c| !c.connected && c.reconnects >= 2),
+            "{st:?}"
+        );
+        assert!(st.connections.iter().all(|c| c.last_error.is_some()));
+        println!("broker down: {:?}", st.last_error);
+
+        let mut broker = Mosquitto::start_on(port);
+        ingress.ready(2).await;
+        publish_all(
+            port,
+            "pub-restart-1",
+            vec![
+                ("telemetry/a".into(), payload(1, 8)),
+                ("orders/a".into(), payload(2, 8)),
+            ],
+        )
+        .await;
+        wait_for("both routes deliver", Duration::from_secs(10), || {
+            dispatcher.accepted_count() == 2
+        })
+        .await;
+
+        // Restart the broker (persistence keeps the ordered route's session).
+        broker.stop();
+        wait_for("status shows the broker gone", Duration::from_secs(10), || {
+            ingress.status().connections.iter().all(|c| !c.connected)
+        })
+        .await;
+        broker.start_again();
+        ingress.ready(2).await;
+        publish_all(
+            port,
+            "pub-restart-2",
+            vec![
+                ("telemetry/b".into(), payload(3, 8)),
+                ("orders/b".into(), payload(4, 8)),
+            ],
+        )
+        .await;
+        wait_for(
+            "both routes deliver after the restart",
+            Duration::from_secs(10),
+            || dispatcher.accepted_count() == 4,
+        )
+        .await;
+        let mut seqs = dispatcher.accepted_seqs();
+        seqs.sort_unstable();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        let st = ingress.status();
+        assert!(st.connections.iter().all(|c| c.connects >= 2), "{st:?}");
+        ingress.handle.shutdown().await;
+    })
+    .await;
+}
+
+/// CONNECT (MQTT 3.1.1, clean session) with `client_id`.
+fn raw_connect(client_id: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30];
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    packet
+}
+
+/// PUBLISH QoS 1, packet id 1, with raw topic bytes.
+fn raw_publish(topic: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut rest = (topic.len() as u16).to_be_bytes().to_vec();
+    rest.extend_from_slice(topic);
+    rest.extend_from_slice(&[0, 1]);
+    rest.extend_from_slice(body);
+    let mut packet = vec![0x32, rest.len() as u8];
+    packet.extend(rest);
+    packet
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_is_acknowledged_counted_and_never_dispatched() {
+    bounded(async {
+        let broker = Mosquitto::start();
+        let client_id = "routemq-bad-input";
+        let plan = IngressPlan {
+            shared: vec![],
+            ordered_held: vec![ordered("bad", "bad/#", client_id)],
+        };
+        let mut s = settings(broker.port(), "n1");
+        s.max_payload_bytes = 1024;
+        let dispatcher = FakeDispatcher::new(|_, m| {
+            if m.topic.starts_with("bad/unrouted/") {
+                Act::NoRoute
+            } else {
+                Act::Accept
+            }
+        });
+        let ingress = Ingress::start(s.clone(), dispatcher.clone(), plan.clone());
+        ingress.ready(1).await;
+
+        // A topic that is not UTF-8, from a raw socket: Mosquitto refuses it at the publisher.
+        let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", broker.port()))
+            .await
+            .unwrap();
+        raw.write_all(&raw_connect("raw-bad-utf8")).await.unwrap();
+        let mut connack = [0u8; 4];
+        raw.read_exact(&mut connack).await.unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK accepted");
+        raw.write_all(&raw_publish(b"bad/\xff\xfe", b"x")).await.unwrap();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(closed, Ok(Ok(_)) | Ok(Err(_))) && rest.is_empty(),
+            "the broker closes the publisher without a PUBACK: {closed:?} {rest:?}"
+        );
+
+        // Oversized payload, a topic no route matches, then a good one.
+        publish_all(
+            broker.port(),
+            "pub-bad",
+            vec![
+                ("bad/big".into(), payload(1, 4096)),
+                ("bad/unrouted/x".into(), payload(2, 8)),
+                ("bad/ok".into(), payload(3, 8)),
+            ],
+        )
+        .await;
+        wait_for("the good message", Duration::from_secs(10), || {
+            dispatcher.accepted_count() == 1
+        })
+        .await;
+        wait_for("three acknowledgements", Duration::from_secs(10), || {
+            ingress.status().connections[0].acked == 3
+        })
+        .await;
+        let tried: Vec<String> = dispatcher.attempts().iter().map(|m| m.topic.clone()).collect();
+        assert_eq!(
+            tried,
+            ["bad/unrouted/x", "bad/ok"],
+            "the oversized payload never reaches dispatch"
+        );
+        let st = ingress.status();
+        let c = &st.connections[0];
+        assert_eq!(
+            (c.received, c.rejected, c.acked, c.dispatched),
+            (3, 2, 3, 1),
+            "{c:?}"
+        );
+        assert!(
+            c.connected && c.reconnects == 0,
+            "nothing disturbed the connection: {c:?}"
+        );
+        let log = broker.log();
+        assert!(log.contains("raw-bad-utf8"), "the broker saw the raw publisher");
+        ingress.handle.shutdown().await;
+
+        // The acknowledgements reached the broker: a new holder of the session gets none of
+        // them again, only what is published next.
+        let again = FakeDispatcher::accepting();
+        let ingress = Ingress::start(s, again.clone(), plan);
+        ingress.ready(1).await;
+        publish_all(
+            broker.port(),
+            "pub-bad-2",
+            vec![("bad/after".into(), payload(4, 8))],
+        )
+        .await;
+        wait_for("the next message", Duration::from_secs(10), || {
+            again.accepted_count() == 1
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let topics: Vec<String> = again.attempts().iter().map(|m| m.topic.clone()).collect();
+        assert_eq!(topics, ["bad/after"], "nothing redelivered");
+        ingress.handle.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plan_changes_start_and_stop_connections_by_route() {
+    bounded(async {
+        let broker = Mosquitto::start();
+        let dispatcher = FakeDispatcher::accepting();
+        let ingress = Ingress::start(
+            settings(broker.port(), "n1"),
+            dispatcher.clone(),
+            IngressPlan {
+                shared: vec![shared("a", "a/#", 2)],
+                ordered_held: vec![],
+            },
+        );
+        ingress.ready(2).await;
+
+        ingress.set_plan(IngressPlan {
+            shared: vec![shared("a", "a/#", 1)],
+            ordered_held: vec![ordered("b", "b/#", "routemq-b")],
+        });
+        wait_for("the new plan's connections", Duration::from_secs(20), || {
+            let st = ingress.status();
+            let ids: Vec<&str> = st.connections.iter().map(|c| c.client_id.as_str()).collect();
+            ids == ["routemq-b", "test-n1-a-0"] && st.connections.iter().all(|c| c.connected && c.subscribed)
+        })
+        .await;
+        let st = ingress.status();
+        let ids: Vec<&str> = st.connections.iter().map(|c| c.client_id.as_str()).collect();
+        assert_eq!(ids, ["routemq-b", "test-n1-a-0"]);
+        assert_eq!(
+            st.connection("test-n1-a-0").map(|c| c.connects),
+            Some(1),
+            "kept, not restarted"
+        );
+
+        publish_all(
+            broker.port(),
+            "pub-plan",
+            vec![("a/1".into(), payload(1, 8)), ("b/1".into(), payload(2, 8))],
+        )
+        .await;
+        wait_for("both routes deliver", Duration::from_secs(10), || {
+            dispatcher.accepted_count() == 2
+        })
+        .await;
+
+        // A refused entry is reported, the rest keeps running.
+        ingress.set_plan(IngressPlan {
+            shared: vec![shared("a", "a/#", 1), shared("broken", "x/#/y", 1)],
+            ordered_held: vec![],
+        });
+        wait_for("plan applied", Duration::from_secs(10), || {
+            let st = ingress.status();
+            st.connections.len() == 1 && !st.plan_issues.is_empty()
+        })
+        .await;
+        println!("plan issues: {:?}", ingress.status().plan_issues);
+
+        ingress.set_plan(IngressPlan::default());
+        wait_for("no connections", Duration::from_secs(10), || {
+            ingress.status().connections.is_empty()
+        })
+        .await;
+        ingress.handle.shutdown().await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bench: one ordered route against a no-op dispatcher, beside one plain rumqttc subscriber with
+// auto-acks, both draining the same number of messages the broker queued for their persistent
+// sessions (so the publisher's speed is out of the measurement).
+
+async fn plain_subscriber_drain(
+    port: u16,
+    topic_filter: &str,
+    publish_topic: &str,
+    n: u64,
+    size: usize,
+) -> Duration {
+    let options = |port| {
+        let mut o = MqttOptions::new("bench-plain", "127.0.0.1", port);
+        o.set_clean_session(false);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        o
+    };
+    // Create the session and its subscription, then go offline.
+    {
+        let (client, mut eventloop) = AsyncClient::new(options(port), 100);
+        client.subscribe(topic_filter, QoS::AtLeastOnce).await.unwrap();
+        loop {
+            if let Ok(Event::Incoming(Packet::SubAck(_))) = eventloop.poll().await {
+                break;
+            }
+        }
+        client.disconnect().await.unwrap();
+        while !matches!(
+            eventloop.poll().await,
+            Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)
+        ) {}
+    }
+    publish_all(port, "bench-pub-plain", sequence(publish_topic, 0..n, size)).await;
+    let (_client, mut eventloop) = AsyncClient::new(options(port), 100);
+    let started = Instant::now();
+    let mut received = 0;
+    while received < n {
+        if let Ok(Event::Incoming(Packet::Publish(_))) = eventloop.poll().await {
+            received += 1;
+        }
+    }
+    started.elapsed()
+}
+
+async fn ordered_route_drain(
+    port: u16,
+    client_id: &str,
+    filter: &str,
+    topic: &str,
+    n: u64,
+    act: Act,
+) -> Duration {
+    let plan = IngressPlan {
+        shared: vec![],
+        ordered_held: vec![ordered("bench", filter, client_id)],
+    };
+    let mut s = settings(port, "bench");
+    s.max_payload_bytes = 1024;
+    // Create the session and its subscription, then go offline.
+    let first = Ingress::start(s.clone(), FakeDispatcher::accepting(), plan.clone());
+    first.ready(1).await;
+    first.handle.shutdown().await;
+    publish_all(port, "bench-pub-ordered", sequence(topic, 0..n, 100)).await;
+
+    let dispatcher = FakeDispatcher::new(move |_, _| act);
+    let started = Instant::now();
+    let ingress = Ingress::start(s, dispatcher.clone(), plan);
+    wait_for("the ordered route drains", Duration::from_secs(300), || {
+        dispatcher.accepted_count() as u64 >= n
+    })
+    .await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        dispatcher.accepted_seqs(),
+        (0..n).collect::<Vec<u64>>(),
+        "in order, none lost"
+    );
+    ingress.handle.shutdown().await;
+    elapsed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "bench: run with --ignored --nocapture"]
+#[allow(non_snake_case)] // N and M mirror the figures in the report
+async fn bench_ordered_route_throughput() {
+    bounded(async {
+        let broker = Mosquitto::start();
+        let n_env = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+        let N: u64 = n_env("BENCH_MESSAGES", 5_000);
+        let plain = plain_subscriber_drain(broker.port(), "plain/#", "plain/dev1", N, 100).await;
+        let ordered = ordered_route_drain(broker.port(), "bench-ordered", "ordered/#", "ordered/dev1", N, Act::Accept).await;
+        let M: u64 = n_env("BENCH_SLOW_MESSAGES", 1_000);
+        let latency = Duration::from_millis(1);
+        let slow = ordered_route_drain(
+            broker.port(),
+            "bench-ordered-slow",
+            "slow/#",
+            "slow/dev1",
+            M,
+            Act::Slow(latency),
+        )
+        .await;
+        let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
+        println!("--- MQTT ingress throughput, {N} QoS 1 messages of 100 bytes, Mosquitto on loopback ---");
+        println!("plain rumqttc subscriber, auto-acks:     {:>9.0} msg/s ({plain:?})", rate(N, plain));
+        println!(
+            "one ordered route, no-op dispatcher:    {:>9.0} msg/s ({ordered:?}), {:.2} of the plain subscriber",
+            rate(N, ordered),
+            rate(N, ordered) / rate(N, plain)
+        );
+        println!(
+            "one ordered route, {latency:?} dispatch ({M} msgs): {:>6.0} msg/s ({slow:?}); bound 1/latency = {:.0} msg/s",
+            rate(M, slow),
+            1.0 / latency.as_secs_f64()
+        );
+    })
+    .await;
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs RouteMQ's Jepsen-style fault tests (jepsen/): 5 nodes and a Mosquitto broker, each in
+# its own network namespace on a private bridge, faults injected, every operation checked.
+#
+#   sudo scripts/jepsen.sh smoke                 # the CI smoke (~6 min): exit 1 on a regression
+#   sudo scripts/jepsen.sh matrix                # every workload x nemesis, 60 s each (~50 min)
+#   sudo scripts/jepsen.sh test --workload register --nemesis partition-majority --time-limit 60
+#   scripts/jepsen.sh check jepsen/store/<test>/<time>   # re-check a stored run (no root needed)
+#   sudo scripts/jepsen.sh teardown              # remove leftovers of a run that was killed
+#
+# Everything after the command goes to routemq-jepsen (`scripts/jepsen.sh test --help`).
+# Results: jepsen/store/<test>/<time>/{report.html,results.json,history.jsonl,nodes/*.log}.
+# The routemq binary: with $ROUTEMQ_BIN_DIR set, the one there is used as it is; otherwise the
+# workspace is built first (the same single build as scripts/test.sh, so CI builds nothing
+# twice) and $CARGO_TARGET_DIR/debug is used.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+user_bin_dir="${ROUTEMQ_BIN_DIR:-}"
+. scripts/lib/common.sh
+
+cmd="${1:-}"
+case "$cmd" in
+    test | smoke | matrix | check | teardown) ;;
+    "" | -h | --help | help)
+        sed -n '2,/^set -e/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *) die "unknown command '$cmd' (test, smoke, matrix, check, teardown)" ;;
+esac
+
+if [ "$cmd" != check ] && [ "$(id -u)" != 0 ]; then
+    die "the fault tests must run as root: they create network namespaces, veth pairs and iptables rules (try: sudo $0 $*)"
+fi
+
+if [ "$cmd" != check ] && [ "$cmd" != teardown ]; then
+    ensure_test_deps
+    command -v iptables >/dev/null 2>&1 || apt_install iptables
+fi
+if [ "$cmd" = check ] || [ "$cmd" = teardown ] || [ -n "$user_bin_dir" ]; then
+    say "cargo build -p routemq-jepsen"
+    cargo build --locked -p routemq-jepsen
+    export ROUTEMQ_BIN_DIR="${user_bin_dir:-$CARGO_TARGET_DIR/debug}"
+else
+    build_all
+    export ROUTEMQ_BIN_DIR="$CARGO_TARGET_DIR/debug"
+fi
+[ "$cmd" = check ] || [ "$cmd" = teardown ] || [ -x "$ROUTEMQ_BIN_DIR/routemq" ] \
+    || die "no routemq binary in $ROUTEMQ_BIN_DIR"
+# exec: Ctrl-C and SIGTERM reach the harness, which tears the network down before exiting.
+exec "$CARGO_TARGET_DIR/debug/routemq-jepsen" "$@"
