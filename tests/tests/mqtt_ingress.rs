@@ -24,7 +24,6 @@ fn seq_of(entry: &pb::JournalEntry) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "known failing: the ordered MQTT ingress stalls after ~1,000 burst messages (issue 3 remaining work)"]
 async fn mqtt_and_grpc_messages_are_journaled_in_order_once_each() -> Result<()> {
     let mut cluster = TestCluster::new()?;
     let broker = Mosquitto::start(&cluster).await?;

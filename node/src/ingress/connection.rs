@@ -13,8 +13,9 @@
 //!   resumed the persistent session (it redelivers the message itself, in order), and is
 //!   dispatched without acknowledgement when the session is gone (clean sessions always).
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
@@ -84,6 +85,11 @@ struct AckGate {
     link: watch::Sender<Link>,
     client: AsyncClient,
     persistent: bool,
+    /// Acknowledgements that found rumqttc's request channel full, in order, with their
+    /// generation. The poll loop moves them over between polls. The worker never waits for the
+    /// request channel: the poll loop that drains it may itself be waiting for the worker to
+    /// take a message (a broker that ignores its in-flight window floods us on session resume).
+    overflow: Mutex<VecDeque<(u64, Publish)>>,
 }
 
 impl AckGate {
@@ -92,7 +98,14 @@ impl AckGate {
             link: watch::Sender::new(Link::default()),
             client,
             persistent,
+            overflow: Mutex::new(VecDeque::new()),
         }
+    }
+
+    fn overflow(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Publish)>> {
+        self.overflow
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn generation(&self) -> u64 {
@@ -155,29 +168,42 @@ impl AckGate {
             link.generation += 1;
             link.connected = false;
             eventloop.clean();
+            self.overflow().clear();
         });
     }
 
     /// Queues the PUBACK (PUBREC for QoS 2) if `generation` is still the live connection.
-    /// Returns whether it was queued.
-    async fn ack(&self, generation: u64, publish: &Publish) -> bool {
+    /// Returns whether it was queued. Never waits.
+    fn ack(&self, generation: u64, publish: &Publish) -> bool {
         if publish.qos == QoS::AtMostOnce {
             return false;
         }
-        // The request channel is drained by the poll loop; it is only ever full for moments.
-        for _ in 0..2_000 {
-            {
-                let link = self.link.borrow();
-                if !(link.connected && link.generation == generation) {
-                    return false;
-                }
-                if self.client.try_ack(publish).is_ok() {
-                    return true;
-                }
-            }
-            sleep(Duration::from_millis(1)).await;
+        let link = self.link.borrow();
+        if !(link.connected && link.generation == generation) {
+            return false;
         }
-        false
+        let mut overflow = self.overflow();
+        if overflow.is_empty() && self.client.try_ack(publish).is_ok() {
+            return true;
+        }
+        // Only the packet id and QoS matter for the acknowledgement.
+        let mut ack = Publish::new("", publish.qos, Vec::new());
+        ack.pkid = publish.pkid;
+        overflow.push_back((generation, ack));
+        true
+    }
+
+    /// Called by the poll loop between polls: moves overflowed acknowledgements of the live
+    /// connection into the request channel while it has room; drops those of a lost one.
+    fn flush_overflow(&self) {
+        let link = self.link.borrow();
+        let mut overflow = self.overflow();
+        while let Some((generation, ack)) = overflow.front() {
+            if link.connected && *generation == link.generation && self.client.try_ack(ack).is_err() {
+                break;
+            }
+            overflow.pop_front();
+        }
     }
 
     /// Asks the poll loop to send DISCONNECT (it then ends). When not connected the poll loop
@@ -264,6 +290,7 @@ async fn poll_loop<D: Dispatch>(
     };
 
     loop {
+        gate.flush_overflow();
         if subscribe_pending && connected {
             subscribe_pending = !send_subscribe(gate, spec, qos, subscribed_once);
         }
@@ -618,7 +645,7 @@ async fn process<D: Dispatch>(
         match result {
             Ok(_) => {
                 conn.status.update(id, |st| st.dispatched += 1);
-                if gate.ack(generation, &publish).await {
+                if gate.ack(generation, &publish) {
                     acked(conn, m);
                 }
                 return;
@@ -687,7 +714,7 @@ async fn give_up<D>(
 ) {
     m.dispatch_error(reason);
     conn.status.update(&conn.spec.client_id, |st| st.rejected += 1);
-    if gate.ack(generation, publish).await {
+    if gate.ack(generation, publish) {
         acked(conn, m);
     }
 }

@@ -59,6 +59,15 @@
 //! a failover (Mosquitto drops beyond it; 1000 by default), and `persistence true` if queued
 //! messages must survive a broker restart.
 //!
+//! Caveats, all on the side of duplicates (at least once), never loss or reordering:
+//! - Mosquitto 2.0 sends a resumed session's whole backlog at once, beyond its in-flight window.
+//!   The ingress buffers 1024 messages per connection and then stops reading (TCP backpressure);
+//!   if a dispatch then stays stuck longer than 1.5 x keep-alive, the broker drops the
+//!   connection and redelivers the unacknowledged messages on the next one.
+//! - On a planned handoff the old holder sends its last acknowledgements and DISCONNECT; if the
+//!   new holder's CONNECT reaches the broker before it read them, the takeover discards them
+//!   and the new holder receives those messages again.
+//!
 //! # Failure handling
 //! Reconnects use exponential backoff; [`IngressHandle::status`] tells whether each connection
 //! is up (for `/ready`) with its last error, and the `routemq_mqtt_*` metrics count messages,
