@@ -131,14 +131,22 @@ impl Cluster {
         }
     }
 
-    /// Starts the broker in its namespace (Mosquitto, anonymous, no persistence).
+    /// Starts the broker in its namespace, configured as `deploy/mosquitto/mosquitto.conf`
+    /// (the deployment the project documents): anonymous, persistence on, and
+    /// `max_queued_messages 100000`, which RouteMQ's ordered routes need to queue messages
+    /// across a failover (Mosquitto's default of 1000 drops the rest).
     pub async fn start_broker(&mut self) -> Result<()> {
         let conf = self.spec.log_dir.join("mosquitto.conf");
+        let data = self.spec.data_dir.join("mosquitto");
+        std::fs::create_dir_all(&data)?;
         std::fs::write(
             &conf,
             format!(
-                "listener {MQTT_PORT} {}\nallow_anonymous true\npersistence false\nlog_dest stdout\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
-                self.layout.broker_ip()
+                "listener {MQTT_PORT} {}\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                 max_queued_messages 100000\nuser root\nlog_dest stdout\nlog_type error\nlog_type warning\n\
+                 log_type notice\nlog_type information\nlog_timestamp_format %Y-%m-%dT%H:%M:%S\n",
+                self.layout.broker_ip(),
+                data.display()
             ),
         )?;
         let mosquitto = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]

@@ -96,6 +96,10 @@ struct Opts {
     /// Seconds of quiet after the final heal, before the final reads.
     #[arg(long, default_value_t = 5)]
     settle_secs: u64,
+    /// Bound of the final reads, s (stream keys missing acknowledged messages are re-read
+    /// until nothing is missing or this passes).
+    #[arg(long, default_value_t = 60)]
+    final_wait_secs: u64,
     /// Client processes per node.
     #[arg(long, default_value_t = 2)]
     clients_per_node: usize,
@@ -174,6 +178,7 @@ fn config(entry: Entry, opts: &Opts, index: u64) -> TestConfig {
         fault: Duration::from_secs(opts.fault_secs),
         heal: Duration::from_secs(opts.heal_secs),
         settle: Duration::from_secs(opts.settle_secs),
+        final_wait: Duration::from_secs(opts.final_wait_secs),
         workload_cfg: WorkloadConfig {
             clients_per_node: opts.clients_per_node.max(1),
             op_timeout: Duration::from_millis(opts.op_timeout_ms),

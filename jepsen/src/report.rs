@@ -357,6 +357,18 @@ pre{{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:12px}} .tag{{font-
     if status != "ran" {
         let _ = write!(html, "<p style=\"color:#b00\"><b>The workload could not run: {}</b>. Its checkers say <i>not-run</i>; that is not a pass.</p>", esc(status));
     }
+    let fr = &results["final_reads"];
+    if let Some(late) = fr["missing_after_first_round"].as_u64().filter(|n| *n > 0) {
+        let _ = write!(
+            html,
+            "<p>Final reads: {late} acknowledged messages were missing from the first read after healing; {} ({} rounds of re-reads, every 2 s).</p>",
+            match fr["converged_after_s"].as_f64() {
+                Some(t) => format!("all had arrived {t:.1} s later"),
+                None => format!("{} were still missing when the final reads gave up", fr["missing_at_end"]),
+            },
+            fr["rounds"]
+        );
+    }
     html.push_str("<h2>Verdicts</h2><table><tr><th>check</th><th>what</th><th>verdict</th><th>expected</th><th>summary</th></tr>");
     for c in results["checks"].as_array().into_iter().flatten() {
         let verdict = c["verdict"].as_str().unwrap_or("");
@@ -434,7 +446,7 @@ pre{{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:12px}} .tag{{font-
         "<details><summary>settings, final heal, binary</summary><pre>{}</pre></details>",
         esc(&serde_json::to_string_pretty(&serde_json::json!({
             "settings": results["settings"], "final_heal": results["final_heal"], "binary": results["binary"],
-            "final_reads_unread_keys": results["final_reads_unread_keys"],
+            "final_reads": results["final_reads"],
             "nodes_exited_by_themselves": results["nodes_exited_by_themselves"],
         }))
         .unwrap_or_default())

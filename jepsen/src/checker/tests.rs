@@ -437,3 +437,32 @@ fn a_node_that_exits_by_itself_is_caught() {
         Verdict::Pass
     );
 }
+
+#[test]
+fn g5_judges_the_span_seen_failing_not_the_gap_until_someone_tries_again() {
+    let nodes: Vec<String> = (1..=5).map(|i| format!("n{i}")).collect();
+    // Times in ns: ok at 0-1 s; a publish fails from 2 s to 5 s (timeout); nobody tries the key
+    // again until 40 s, which succeeds.
+    let s = 1_000_000_000u64;
+    let lines = [
+        (0, 0, "invoke", 1),
+        (1, s, "ok", 1),
+        (2, 2 * s, "invoke", 2),
+        (3, 5 * s, "info", 2),
+        (4, 40 * s, "invoke", 3),
+        (5, 41 * s, "ok", 3),
+    ]
+    .map(|(i, t, ty, seq)| {
+        let extra = if ty == "ok" { r#","extra":{"partition":7}"# } else { "" };
+        format!(
+            r#"{{"index":{i},"time":{t},"type":"{ty}","process":{seq},"f":"publish","key":"k1","node":"n1","value":{{"id":"k1:{seq}:1"}}{extra}}}"#
+        )
+    });
+    let ops = crate::history::parse_lines(lines).unwrap();
+    let ten = check_availability(&ops, &nodes, 10 * s, 50 * s);
+    assert_eq!(ten.verdict, Verdict::Pass, "{ten:#?}");
+    assert_eq!(ten.details["longest_windows"][0]["length_s"], json!(3.0));
+    assert_eq!(ten.details["longest_windows"][0]["next_ok_s"], json!(41.0));
+    let two = check_availability(&ops, &nodes, 2 * s, 50 * s);
+    assert_eq!(two.verdict, Verdict::Fail, "a 3 s window breaks a 2 s bound");
+}

@@ -18,7 +18,7 @@
 //! `fail` with that reason and the clients slow down to one attempt per second; the checkers
 //! then report `not-run`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -425,7 +425,7 @@ async fn read_once(
     at: (&str, &str),
     key: &str,
     within: Duration,
-) -> Result<(), String> {
+) -> Result<Vec<Value>, String> {
     let (node, addr) = at;
     let invoke = recorder.record(
         Op::new(OpKind::Invoke, Process::Client(process), f)
@@ -441,10 +441,10 @@ async fn read_once(
             let n = entries.len();
             recorder.record(
                 Op::completion_of(&invoke, OpKind::Ok)
-                    .value(Value::Array(entries))
+                    .value(Value::Array(entries.clone()))
                     .extra(json!({"entries": n})),
             );
-            Ok(())
+            Ok(entries)
         }
         Err(e) => {
             recorder.record(Op::completion_of(&invoke, OpKind::Fail).error(e.clone()));
@@ -503,8 +503,42 @@ pub async fn run_reader(
     }
 }
 
+/// What the final reads saw.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FinalReads {
+    /// Keys never read successfully.
+    pub unread: Vec<String>,
+    /// Rounds of reads (a key is read again while acknowledged messages are missing from it).
+    pub rounds: u32,
+    /// Acknowledged messages missing after the first round.
+    pub missing_after_first_round: usize,
+    /// Acknowledged messages missing after the last round.
+    pub missing_at_end: usize,
+    /// Seconds until nothing acknowledged was missing, if that happened.
+    pub converged_after_s: Option<f64>,
+}
+
+/// Acknowledged publishes per key, from the history so far.
+fn acked_by_key(recorder: &Recorder) -> HashMap<String, HashSet<String>> {
+    let mut out: HashMap<String, HashSet<String>> = HashMap::new();
+    for pair in crate::history::pairs(&recorder.ops()) {
+        if pair.invoke.f == "publish" && pair.outcome() == OpKind::Ok {
+            if let (Some(key), Some(id)) = (
+                &pair.invoke.key,
+                pair.invoke.value.get("id").and_then(Value::as_str),
+            ) {
+                out.entry(key.clone()).or_default().insert(id.to_string());
+            }
+        }
+    }
+    out
+}
+
 /// After healing: for every key a fresh process reads the journal to the end, trying the
-/// nodes in turn until it succeeds or `within` passes. Returns the keys never read.
+/// nodes in turn until a read succeeds. While acknowledged messages are missing from a key's
+/// journal (they may still be queued: at the broker, or behind a retrying ingress), its reads
+/// are repeated every 2 s, until nothing is missing or `within` has passed; G4 judges the last
+/// read of each key. `within` also bounds the retries of failing reads.
 pub async fn final_reads(
     recorder: &Recorder,
     nodes: &[(String, String)],
@@ -512,40 +546,72 @@ pub async fn final_reads(
     first_process: u64,
     op_timeout: Duration,
     within: Duration,
-) -> Vec<String> {
-    let deadline = Instant::now() + within;
+) -> FinalReads {
+    let start = Instant::now();
+    let deadline = start + within;
+    let acked = acked_by_key(recorder);
     let mut channels = Channels::default();
-    let mut unread = Vec::new();
-    for (i, key) in keys.iter().enumerate() {
-        let process = first_process + i as u64;
-        let mut attempt = 0usize;
-        loop {
-            let (node, addr) = &nodes[(i + attempt) % nodes.len()];
-            let result = read_once(
-                recorder,
-                &mut channels,
-                "final-read",
-                process,
-                (node, addr),
-                key,
-                op_timeout,
-            )
-            .await;
-            match result {
-                Ok(()) => break,
-                Err(e) if e.starts_with("UNIMPLEMENTED") => {
-                    unread.push(key.clone());
-                    break;
+    let mut out = FinalReads::default();
+    let mut pending: Vec<(usize, String)> = keys.iter().cloned().enumerate().collect();
+    loop {
+        out.rounds += 1;
+        let mut again = Vec::new();
+        let mut missing = 0usize;
+        for (i, key) in &pending {
+            let process = first_process + *i as u64;
+            let mut attempt = 0usize;
+            let entries = loop {
+                let (node, addr) = &nodes[(i + attempt) % nodes.len()];
+                let result = read_once(
+                    recorder,
+                    &mut channels,
+                    "final-read",
+                    process,
+                    (node, addr),
+                    key,
+                    op_timeout,
+                )
+                .await;
+                match result {
+                    Ok(entries) => break Some(entries),
+                    Err(e) if e.starts_with("UNIMPLEMENTED") => break None,
+                    Err(_) => {}
                 }
-                Err(_) => {}
+                attempt += 1;
+                if Instant::now() > deadline {
+                    break None;
+                }
+                sleep(Duration::from_millis(300)).await;
+            };
+            let Some(entries) = entries else {
+                out.unread.push(key.clone());
+                continue;
+            };
+            let present: HashSet<&str> = entries
+                .iter()
+                .filter_map(|e| e.get("id").and_then(Value::as_str))
+                .collect();
+            let absent = acked
+                .get(key)
+                .map(|ids| ids.iter().filter(|id| !present.contains(id.as_str())).count())
+                .unwrap_or(0);
+            if absent > 0 {
+                missing += absent;
+                again.push((*i, key.clone()));
             }
-            attempt += 1;
-            if Instant::now() > deadline {
-                unread.push(key.clone());
-                break;
-            }
-            sleep(Duration::from_millis(300)).await;
         }
+        if out.rounds == 1 {
+            out.missing_after_first_round = missing;
+        }
+        out.missing_at_end = missing;
+        if again.is_empty() {
+            out.converged_after_s = Some(start.elapsed().as_secs_f64());
+            return out;
+        }
+        if Instant::now() + Duration::from_secs(2) > deadline {
+            return out;
+        }
+        sleep(Duration::from_secs(2)).await;
+        pending = again;
     }
-    unread
 }
