@@ -9,6 +9,9 @@
 //! Binaries come from `$ROUTEMQ_BIN_DIR`, else `$CARGO_TARGET_DIR/debug`, else
 //! `target/debug`; `scripts/test.sh` builds them first.
 
+pub mod faults;
+pub mod load;
+
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -107,6 +110,9 @@ pub struct TestCluster {
     dir: tempfile::TempDir,
     /// Extra flags for every node (e.g. smaller partitions).
     pub extra_args: Vec<String>,
+    /// cgroup v2 directory under which nodes are started, one cgroup each (see
+    /// [`TestCluster::enable_net_cgroups`]).
+    cgroups: Option<PathBuf>,
 }
 
 impl TestCluster {
@@ -121,6 +127,7 @@ impl TestCluster {
                 .disable_cleanup(std::env::var_os("ROUTEMQ_TEST_KEEP").is_some())
                 .tempdir()?,
             extra_args: Vec::new(),
+            cgroups: None,
         })
     }
 
@@ -183,12 +190,20 @@ impl TestCluster {
     /// Starts (or restarts) a registered node with `args` added to its standard flags.
     pub fn start_node(&mut self, id: &str, args: &[&str]) -> Result<()> {
         let extra = self.extra_args.clone();
+        let mut command = Command::new(binary("routemq"));
+        if let Some(cgroup) = self
+            .cgroups
+            .as_ref()
+            .map(|dir| dir.join(faults::cgroup_name(self.subnet, id)))
+        {
+            faults::enter_cgroup_on_exec(&mut command, &cgroup)?;
+        }
         let node = self.nodes.get_mut(id).context("unknown node")?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&node.log)?;
-        let child = Command::new(binary("routemq"))
+        let child = command
             .args(["start", "--node-id", id])
             .args([
                 "--grpc",
@@ -351,6 +366,11 @@ impl Drop for TestCluster {
             if let Some(mut child) = node.child.take() {
                 let _ = child.kill();
                 let _ = child.wait();
+            }
+        }
+        if let Some(dir) = &self.cgroups {
+            for id in self.nodes.keys() {
+                let _ = std::fs::remove_dir(dir.join(faults::cgroup_name(self.subnet, id)));
             }
         }
     }
@@ -558,4 +578,188 @@ pub fn run_routemq(args: &[&str], timeout: Duration) -> Result<(Option<i32>, Str
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Extra node flags from `ROUTEMQ_TEST_EXTRA_NODE_ARGS` (split on whitespace), appended to
+/// every node of the clusters started with [`TestCluster::start_with_args`]. This is how the
+/// rebalance and fencing tests are run with a mechanism switched off (`--unsafe-no-handoff`,
+/// `--unsafe-no-fencing`) to show that they fail then.
+pub fn env_extra_node_args() -> Vec<String> {
+    std::env::var("ROUTEMQ_TEST_EXTRA_NODE_ARGS")
+        .map(|v| v.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+impl TestCluster {
+    /// Like [`TestCluster::start`], with `args` and then [`env_extra_node_args`] added to every
+    /// node's flags (also to nodes added later and to restarts). With `net_cgroups`, every
+    /// node runs in a cgroup of its own, which [`faults::NetCut`] needs; call
+    /// [`faults::NetCut::unavailable`] first to know whether that can work here.
+    pub async fn start_with_args(n: usize, args: &[&str], net_cgroups: bool) -> Result<Self> {
+        let mut cluster = Self::new()?;
+        cluster.extra_args = args.iter().map(|a| a.to_string()).collect();
+        cluster.extra_args.extend(env_extra_node_args());
+        if net_cgroups {
+            cluster.enable_net_cgroups()?;
+        }
+        cluster.add_node("n1", &["--bootstrap"])?;
+        for i in 2..=n {
+            let seed = cluster.node("n1").gossip();
+            cluster.add_node(&format!("n{i}"), &["--seed", &seed])?;
+        }
+        for i in 1..=n {
+            cluster
+                .wait_ready(&format!("n{i}"), Duration::from_secs(60))
+                .await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts every node started from now on in a cgroup v2 group of its own (created
+    /// here, removed when the cluster drops), so that iptables can match a node's packets by
+    /// process whatever their source address.
+    pub fn enable_net_cgroups(&mut self) -> Result<()> {
+        let root = faults::cgroup2_root().context("no cgroup v2 hierarchy mounted")?;
+        self.cgroups = Some(root);
+        Ok(())
+    }
+
+    /// The cgroup path (relative to the cgroup v2 root) node `id` runs in, if enabled.
+    pub fn cgroup_of(&self, id: &str) -> Option<String> {
+        self.cgroups
+            .as_ref()
+            .map(|_| faults::cgroup_name(self.subnet, id))
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGSTOP`, `libc::SIGCONT`) to node `id`'s process.
+    pub fn signal(&self, id: &str, signal: i32) -> Result<()> {
+        let pid = self.node(id).pid().context("node not started")?;
+        // SAFETY: kill(2) with a pid we spawned and still hold (not reaped, so not reused).
+        if unsafe { libc::kill(pid as i32, signal) } != 0 {
+            bail!("kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Ids of the nodes whose process runs.
+    pub fn running(&mut self) -> Vec<String> {
+        self.nodes
+            .values_mut()
+            .filter_map(|n| n.is_running().then(|| n.id.clone()))
+            .collect()
+    }
+
+    /// Waits until every running node has applied route `name`.
+    pub async fn wait_route_everywhere(&mut self, name: &str, timeout: Duration) -> Result<()> {
+        for id in self.running() {
+            let routes = self.routes(&id).await?;
+            Self::eventually(timeout, &format!("route {name} applied on {id}"), || {
+                let mut routes = routes.clone();
+                async move {
+                    let r = routes
+                        .get_route(pb::GetRouteRequest {
+                            name: name.into(),
+                            consistency: pb::ReadConsistency::Local as i32,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok(r.route.map(|_| ()))
+                }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until a linearizable status (through any node) lists `id` as an active, alive
+    /// member owning at least one partition; returns that status.
+    pub async fn wait_member_active(&self, id: &str, timeout: Duration) -> Result<pb::ClusterStatus> {
+        let client = self.client().await?;
+        Self::eventually(timeout, &format!("{id} active member with partitions"), || {
+            let client = client.clone();
+            async move {
+                let status = client.status(pb::ReadConsistency::Linearizable).await?;
+                let ok = status.members.iter().any(|m| {
+                    m.node_id == id
+                        && m.state == "active"
+                        && m.liveness == pb::Liveness::Alive as i32
+                        && m.partitions > 0
+                });
+                Ok(ok.then_some(status))
+            }
+        })
+        .await
+    }
+
+    /// Waits until a linearizable status (through any of `through`) no longer lists `id` as
+    /// a member; returns that status.
+    pub async fn wait_member_gone(
+        &self,
+        id: &str,
+        through: &[&str],
+        timeout: Duration,
+    ) -> Result<pb::ClusterStatus> {
+        let seeds: Vec<String> = through.iter().map(|n| self.node(n).grpc()).collect();
+        let client = Client::connect(seeds).await?;
+        Self::eventually(timeout, &format!("{id} removed from the members"), || {
+            let client = client.clone();
+            async move {
+                let status = client.status(pb::ReadConsistency::Linearizable).await?;
+                Ok((!status.members.iter().any(|m| m.node_id == id)).then_some(status))
+            }
+        })
+        .await
+    }
+
+    /// Which node owns each of `keys` (linearizable, through any node).
+    pub async fn owners_of(&self, keys: &[String]) -> Result<BTreeMap<String, String>> {
+        let client = self.client().await?;
+        let mut out = BTreeMap::new();
+        for key in keys {
+            let located = client
+                .locate(key.clone(), pb::ReadConsistency::Linearizable)
+                .await?;
+            out.insert(key.clone(), located.owner);
+        }
+        Ok(out)
+    }
+
+    /// The Raft leader (linearizable status through any node).
+    pub async fn leader(&self) -> Result<String> {
+        Ok(self
+            .client()
+            .await?
+            .status(pb::ReadConsistency::Linearizable)
+            .await?
+            .raft_leader)
+    }
+}
+
+/// Runs binary `name` (from [`bin_dir`]) with `args` to completion; returns (exit code,
+/// stdout and stderr). Killed after `timeout` (exit code `None`).
+pub fn run_binary(name: &str, args: &[&str], timeout: Duration) -> Result<(Option<i32>, String)> {
+    let mut child = Command::new(binary(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + timeout;
+    let timed_out = loop {
+        if child.try_wait()?.is_some() {
+            break false;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = child.wait_with_output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((if timed_out { None } else { output.status.code() }, text))
 }
