@@ -203,6 +203,66 @@ impl Journal {
         }
         Ok((out, true))
     }
+
+    /// Everything one partition holds, for a handoff: raw key/value pairs of both column
+    /// families (the format is the same on every node). Blocking.
+    pub fn export_partition(&self, partition: u32) -> Result<PartitionData, JournalError> {
+        let scan = |cf: &str| -> Result<Vec<(Vec<u8>, Vec<u8>)>, JournalError> {
+            let start = partition.to_be_bytes();
+            let mut out = Vec::new();
+            for item in self
+                .db
+                .iterator_cf(self.cf(cf)?, IteratorMode::From(&start, Direction::Forward))
+            {
+                let (k, v) = item?;
+                if !k.starts_with(&start) {
+                    break;
+                }
+                out.push((k.to_vec(), v.to_vec()));
+            }
+            Ok(out)
+        };
+        Ok(PartitionData {
+            entries: scan(CF_ENTRIES)?,
+            ids: scan(CF_IDS)?,
+        })
+    }
+
+    /// Replaces everything this node holds of `partition` with `data` (from a handoff), in one
+    /// durable write. Keys outside the partition are refused. Blocking.
+    pub fn import_partition(&self, partition: u32, data: &PartitionData) -> Result<(), JournalError> {
+        let start = partition.to_be_bytes();
+        let end = partition
+            .checked_add(1)
+            .map(|p| p.to_be_bytes().to_vec())
+            .unwrap_or_else(|| vec![0xff; 5]);
+        let mut batch = WriteBatch::default();
+        for (cf, pairs) in [(CF_ENTRIES, &data.entries), (CF_IDS, &data.ids)] {
+            let cf = self.cf(cf)?;
+            batch.delete_range_cf(cf, &start[..], &end[..]);
+            for (k, v) in pairs {
+                if !k.starts_with(&start) {
+                    return Err(JournalError::Corrupt(format!(
+                        "handoff data for partition {partition} holds a key of another partition"
+                    )));
+                }
+                batch.put_cf(cf, k, v);
+            }
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        Ok(())
+    }
+}
+
+/// A partition's journal data in transit (raw pairs of the `entries` and `ids` families).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionData {
+    /// Entries.
+    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Message id index.
+    pub ids: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 #[cfg(test)]
@@ -257,5 +317,38 @@ mod tests {
         let journal = Journal::open(dir.path()).unwrap();
         assert_eq!(journal.append("r", "k", record("b", 1)).unwrap().offset, 1);
         assert!(journal.append("r", "k", record("a", 1)).unwrap().duplicate);
+    }
+
+    #[test]
+    fn a_partition_moves_whole_and_replaces_what_was_there() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (
+            Journal::open(a_dir.path()).unwrap(),
+            Journal::open(b_dir.path()).unwrap(),
+        );
+        a.append("r", "k", record("m1", 7)).unwrap();
+        a.append("r", "k", record("m2", 7)).unwrap();
+        a.append("r", "other", record("m1", 8)).unwrap();
+        b.append("r", "k", record("stale", 7)).unwrap();
+        b.append("r", "x", record("kept", 6)).unwrap();
+        let data = a.export_partition(7).unwrap();
+        assert_eq!((data.entries.len(), data.ids.len()), (2, 2));
+        b.import_partition(7, &data).unwrap();
+        let (entries, _) = b.read(7, "r", "k", 0, 10).unwrap();
+        let ids: Vec<_> = entries.iter().map(|e| e.message_id.as_str()).collect();
+        assert_eq!(ids, ["m1", "m2"], "the stale entry is gone, the history is whole");
+        assert!(
+            b.append("r", "k", record("m2", 7)).unwrap().duplicate,
+            "ids moved too"
+        );
+        assert_eq!(b.append("r", "k", record("m3", 7)).unwrap().offset, 2);
+        assert_eq!(
+            b.read(6, "r", "x", 0, 10).unwrap().0.len(),
+            1,
+            "other partitions untouched"
+        );
+        let mut foreign = data.clone();
+        foreign.entries[0].0[3] ^= 1;
+        assert!(b.import_partition(7, &foreign).is_err());
     }
 }
