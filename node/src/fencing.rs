@@ -208,6 +208,7 @@ impl Fence {
     pub async fn renew_loop(
         self: Arc<Self>,
         config: Arc<ConfigService>,
+        membership: Arc<crate::membership::Membership>,
         settings: LeaseSettings,
         removed: watch::Sender<bool>,
         cancel: CancellationToken,
@@ -215,16 +216,27 @@ impl Fence {
         let mut ticker = tokio::time::interval(settings.renew_every());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut warned_at: Option<Instant> = None;
+        // Where the leader was last said to be (a node removed from Raft hears nothing from it).
+        let mut hint: Option<String> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = ticker.tick() => {}
             }
             let sent = Instant::now();
-            let outcome = tokio::time::timeout(settings.lease / 2, renew_once(&config, &self.node_id)).await;
+            if hint.is_none() && config.metrics().current_leader.is_none() {
+                hint = crate::node::leader_grpc_addr(&membership, config.raft_id()).await;
+            }
+            let outcome =
+                tokio::time::timeout(settings.lease / 2, renew_once(&config, &self.node_id, &mut hint)).await;
             match outcome {
                 Ok(Ok(pb::RenewLeaseResponse { epoch, member: true })) => {
                     self.granted(sent, epoch);
+                    if *removed.borrow() {
+                        tracing::info!("a member again");
+                        config.raft().runtime_config().elect(true);
+                        removed.send_replace(false);
+                    }
                     if warned_at.take().is_some() {
                         tracing::info!("ownership lease renewed again");
                     }
@@ -234,6 +246,9 @@ impl Fence {
                     if !*removed.borrow() {
                         tracing::warn!("the leader says this node is not a member: it was removed (failed over or left); dropping its partitions");
                         self.removed();
+                        // A removed voter that still campaigns would only disturb the
+                        // majority with ever higher terms.
+                        config.raft().runtime_config().elect(false);
                         removed.send_replace(true);
                     }
                 }
@@ -254,7 +269,11 @@ impl Fence {
 }
 
 /// One renewal: on the leader, a quorum round; elsewhere, a call to the leader.
-async fn renew_once(config: &ConfigService, node_id: &str) -> Result<pb::RenewLeaseResponse, String> {
+async fn renew_once(
+    config: &ConfigService,
+    node_id: &str,
+    hint: &mut Option<String>,
+) -> Result<pb::RenewLeaseResponse, String> {
     if config.is_leader() {
         let view = config.linearizable_view().await.map_err(|e| e.to_string())?;
         let member = view.state.config.member_by_raft_id(config.raft_id()).is_some();
@@ -264,23 +283,42 @@ async fn renew_once(config: &ConfigService, node_id: &str) -> Result<pb::RenewLe
         });
     }
     let metrics = config.metrics();
-    let leader = metrics.current_leader.ok_or("no Raft leader known")?;
-    let addr = metrics
-        .membership_config
-        .membership()
-        .get_node(&leader)
-        .map(|n| n.addr.clone())
-        .ok_or("the leader's address is not known")?;
+    let addr = match hint.take() {
+        Some(addr) => addr,
+        None => {
+            let leader = metrics.current_leader.ok_or("no Raft leader known")?;
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.addr.clone())
+                .ok_or("the leader's address is not known")?
+        }
+    };
     let channel = lazy_channel(&addr).map_err(|e| e.to_string())?;
     let mut client = pb::cluster_client::ClusterClient::new(channel);
-    client
+    match client
         .renew_lease(pb::RenewLeaseRequest {
             node_id: node_id.to_string(),
             raft_id: config.raft_id(),
         })
         .await
-        .map(|r| r.into_inner())
-        .map_err(|s| format!("leader at {addr}: {}", s.message()))
+    {
+        Ok(r) => {
+            // Keep asking there while our own Raft does not know better.
+            *hint = Some(addr);
+            Ok(r.into_inner())
+        }
+        Err(s) => {
+            *hint = s
+                .metadata()
+                .get(routemq_proto::LEADER_ADDR_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .filter(|a| !a.is_empty())
+                .map(str::to_string);
+            Err(format!("leader at {addr}: {}", s.message()))
+        }
+    }
 }
 
 impl PartitionGate for Fence {

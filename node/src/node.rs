@@ -297,9 +297,12 @@ pub async fn run_with(
     }
     {
         let (fence, config, cancel) = (fence.clone(), config.clone(), cancel.clone());
+        let membership_for_lease = membership.clone();
         let lease = settings.lease;
         tasks.spawn(async move {
-            fence.renew_loop(config, lease, removed_tx, cancel).await;
+            fence
+                .renew_loop(config, membership_for_lease, lease, removed_tx, cancel)
+                .await;
             Ok(())
         });
     }
@@ -733,7 +736,7 @@ async fn join_loop(
 }
 
 /// The gRPC address of the Raft leader as gossip reports it, or of any live peer.
-async fn leader_grpc_addr(membership: &Membership, self_raft_id: u64) -> Option<String> {
+pub(crate) async fn leader_grpc_addr(membership: &Membership, self_raft_id: u64) -> Option<String> {
     let peers = membership.peers().await;
     let others: Vec<_> = peers
         .iter()
@@ -913,9 +916,8 @@ impl Rejoin<'_> {
             match joined {
                 Ok(response) => {
                     tracing::info!(epoch = response.epoch, "rejoined");
-                    // The lease loop sees the membership at its next renewal.
-                    let _ = removed.borrow_and_update();
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    // The lease loop clears `removed` at its first renewal as a member.
+                    let _ = tokio::time::timeout(Duration::from_secs(10), removed.wait_for(|r| !*r)).await;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot rejoin; retrying in 5 s");
@@ -1042,37 +1044,45 @@ impl Leave<'_> {
             });
         }
         let metrics = self.config.metrics();
-        let addr = metrics
-            .current_leader
-            .and_then(|l| {
-                metrics
-                    .membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|n| n.addr.clone())
-            })
-            .ok_or_else(|| LeaveStep::Retry("no Raft leader known".into()))?;
-        let channel = lazy_channel(&addr).map_err(|e| LeaveStep::Retry(e.to_string()))?;
-        let mut client = ClusterClient::new(channel);
-        let mut request = tonic::Request::new(pb::RemoveNodeRequest {
-            node_id: self.node_id.to_string(),
-            graceful,
+        let mut addr = metrics.current_leader.and_then(|l| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| n.addr.clone())
         });
-        request.set_timeout(Duration::from_secs(5));
-        match client.remove_node(request).await {
-            Ok(r) => Ok(r.into_inner().epoch),
-            Err(s) if matches!(s.code(), tonic::Code::NotFound) => {
-                Err(LeaveStep::Final(s.message().to_string()))
-            }
-            // LastMember and other rejections by the state machine.
-            Err(s)
-                if s.code() == tonic::Code::FailedPrecondition
-                    && s.metadata().get(routemq_proto::LEADER_ADDR_METADATA).is_none() =>
-            {
-                Err(LeaveStep::Final(s.message().to_string()))
-            }
-            Err(s) => Err(LeaveStep::Retry(s.message().to_string())),
+        if addr.is_none() {
+            addr = leader_grpc_addr(self.membership, self.config.raft_id()).await;
         }
+        let mut addr = addr.ok_or_else(|| LeaveStep::Retry("no Raft leader known".into()))?;
+        // Follow NotLeader hints a few hops (our own Raft view may be stale).
+        for _ in 0..3 {
+            let channel = lazy_channel(&addr).map_err(|e| LeaveStep::Retry(e.to_string()))?;
+            let mut client = ClusterClient::new(channel);
+            let mut request = tonic::Request::new(pb::RemoveNodeRequest {
+                node_id: self.node_id.to_string(),
+                graceful,
+            });
+            request.set_timeout(Duration::from_secs(5));
+            match client.remove_node(request).await {
+                Ok(r) => return Ok(r.into_inner().epoch),
+                Err(s) if matches!(s.code(), tonic::Code::NotFound) => {
+                    return Err(LeaveStep::Final(s.message().to_string()))
+                }
+                Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                    match s.metadata().get(routemq_proto::LEADER_ADDR_METADATA) {
+                        // LastMember and other rejections by the state machine: final.
+                        None => return Err(LeaveStep::Final(s.message().to_string())),
+                        Some(hint) => match hint.to_str().ok().filter(|h| !h.is_empty()) {
+                            Some(hint) => addr = hint.to_string(),
+                            None => return Err(LeaveStep::Retry(s.message().to_string())),
+                        },
+                    }
+                }
+                Err(s) => return Err(LeaveStep::Retry(s.message().to_string())),
+            }
+        }
+        Err(LeaveStep::Retry("the leader moved while asking".into()))
     }
 }
 
