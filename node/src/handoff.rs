@@ -213,25 +213,27 @@ async fn apply_round(fence: &Arc<Fence>, journal: &Journal, batch: &[u32], mut r
     let fence = fence.clone();
     let journal = journal.clone();
     tokio::task::spawn_blocking(move || {
-        let mut activated = 0;
-        for (p, version, data) in imports {
-            // Under the fence's lock: the slot cannot change between the check and the import.
-            let result = fence.with_ownership(|o| {
-                if o.slot(p).map(|s| s.phase) != Some(Phase::Fetching) {
-                    return Ok(false);
-                }
-                journal.import_partition(p, &data)?;
-                Ok::<bool, crate::journal::JournalError>(o.fetched(p, version))
-            });
-            match result {
-                Ok(true) => activated += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::error!(partition = p, error = %e, "cannot import handed-over partition data")
-                }
+        // Under the fence's lock: the slots cannot change between the check and the import;
+        // one durable write for the whole round.
+        let result = fence.with_ownership(|o| {
+            let ready: Vec<(u32, u64, &PartitionData)> = imports
+                .iter()
+                .filter(|(p, _, _)| o.slot(*p).map(|s| s.phase) == Some(Phase::Fetching))
+                .map(|(p, v, d)| (*p, *v, d))
+                .collect();
+            let parts: Vec<(u32, &PartitionData)> = ready.iter().map(|(p, _, d)| (*p, *d)).collect();
+            journal.import_partitions(&parts)?;
+            Ok::<usize, crate::journal::JournalError>(
+                ready.iter().filter(|(p, v, _)| o.fetched(*p, *v)).count(),
+            )
+        });
+        match result {
+            Ok(activated) => activated,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot import handed-over partition data; will fetch again");
+                0
             }
         }
-        activated
     })
     .await
     .unwrap_or(0)

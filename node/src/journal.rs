@@ -231,22 +231,29 @@ impl Journal {
     /// Replaces everything this node holds of `partition` with `data` (from a handoff), in one
     /// durable write. Keys outside the partition are refused. Blocking.
     pub fn import_partition(&self, partition: u32, data: &PartitionData) -> Result<(), JournalError> {
-        let start = partition.to_be_bytes();
-        let end = partition
-            .checked_add(1)
-            .map(|p| p.to_be_bytes().to_vec())
-            .unwrap_or_else(|| vec![0xff; 5]);
+        self.import_partitions(&[(partition, data)])
+    }
+
+    /// [`Journal::import_partition`] for many partitions in one durable write (one fsync).
+    pub fn import_partitions(&self, parts: &[(u32, &PartitionData)]) -> Result<(), JournalError> {
         let mut batch = WriteBatch::default();
-        for (cf, pairs) in [(CF_ENTRIES, &data.entries), (CF_IDS, &data.ids)] {
-            let cf = self.cf(cf)?;
-            batch.delete_range_cf(cf, &start[..], &end[..]);
-            for (k, v) in pairs {
-                if !k.starts_with(&start) {
-                    return Err(JournalError::Corrupt(format!(
-                        "handoff data for partition {partition} holds a key of another partition"
-                    )));
+        for (partition, data) in parts {
+            let start = partition.to_be_bytes();
+            let end = partition
+                .checked_add(1)
+                .map(|p| p.to_be_bytes().to_vec())
+                .unwrap_or_else(|| vec![0xff; 5]);
+            for (cf, pairs) in [(CF_ENTRIES, &data.entries), (CF_IDS, &data.ids)] {
+                let cf = self.cf(cf)?;
+                batch.delete_range_cf(cf, &start[..], &end[..]);
+                for (k, v) in pairs {
+                    if !k.starts_with(&start) {
+                        return Err(JournalError::Corrupt(format!(
+                            "handoff data for partition {partition} holds a key of another partition"
+                        )));
+                    }
+                    batch.put_cf(cf, k, v);
                 }
-                batch.put_cf(cf, k, v);
             }
         }
         let mut options = WriteOptions::default();
