@@ -241,9 +241,16 @@ impl Fence {
                         tracing::info!("ownership lease renewed again");
                     }
                 }
-                Ok(Ok(pb::RenewLeaseResponse { member: false, .. })) => {
+                Ok(Ok(pb::RenewLeaseResponse { epoch, member: false })) => {
                     self.refused("not a member of the cluster".into());
-                    if !*removed.borrow() {
+                    // Only a node that believes it is a member was removed (a joiner simply is
+                    // not one yet), and only an answer as new as our config says so (a joiner's
+                    // renewal may have been answered just before it was admitted).
+                    let (believes_member, ours) = {
+                        let state = self.lock();
+                        (state.ownership.is_member(), state.ownership.epoch())
+                    };
+                    if believes_member && epoch >= ours && !*removed.borrow() {
                         tracing::warn!("the leader says this node is not a member: it was removed (failed over or left); dropping its partitions");
                         self.removed();
                         // A removed voter that still campaigns would only disturb the

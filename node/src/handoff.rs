@@ -8,6 +8,11 @@
 //! newest version is imported into the journal in one durable write (replacing whatever stale
 //! copy was here) and the partition becomes active. Members that do not answer are asked
 //! again; a member removed from the config (failed over) is no longer asked.
+//!
+//! A node that was failed over and is a member again *returns* the history it held
+//! (`Handoff/Return`): the current owner puts it before its own entries, as a job in the
+//! partition's lane so it is serialized with processing. If the returning node is itself
+//! the owner again, its old history is merged into what it fetches.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -21,8 +26,11 @@ use tonic::{Request, Response, Status};
 use crate::config::network::lazy_channel;
 use crate::config::ConfigService;
 use crate::fencing::Fence;
+use crate::handler::{Handled, Handler, HandlerContext, HandlerError, Message, Pipeline};
 use crate::journal::{Journal, PartitionData};
+use crate::lease::LeaseStatus;
 use crate::ownership::{decide, Answer, FetchDecision, Phase};
+use crate::processor::{ProcessError, Processor};
 
 /// Most partitions asked for in one request.
 const FETCH_BATCH: usize = 1024;
@@ -44,6 +52,7 @@ pub async fn fetch_loop(
     loop {
         let (partitions, peers, epoch) = fence.fetch_plan();
         if partitions.is_empty() {
+            return_orphans(&fence, &config, &journal, &node_id).await;
             backoff = Duration::from_millis(20);
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -222,7 +231,29 @@ async fn apply_round(fence: &Arc<Fence>, journal: &Journal, batch: &[u32], mut r
                 .map(|(p, v, d)| (*p, *v, d))
                 .collect();
             let parts: Vec<(u32, &PartitionData)> = ready.iter().map(|(p, _, d)| (*p, *d)).collect();
+            // Our own history of a partition we held before we were failed over goes first.
+            let orphans: Vec<u32> = o.orphans().into_iter().map(|(p, _)| p).collect();
+            tracing::debug!(
+                orphans = orphans.len(),
+                importing = parts.len(),
+                "importing fetched partitions"
+            );
+            let mut mine = Vec::new();
+            for (p, _) in &parts {
+                if orphans.contains(p) {
+                    mine.push((*p, journal.export_partition(*p)?));
+                }
+            }
             journal.import_partitions(&parts)?;
+            for (p, older) in mine {
+                let restored = journal.merge_older(p, &older)?;
+                tracing::info!(
+                    partition = p,
+                    restored,
+                    "own history from before the failover put back"
+                );
+                o.orphan_returned(p);
+            }
             Ok::<usize, crate::journal::JournalError>(
                 ready.iter().filter(|(p, v, _)| o.fetched(*p, *v)).count(),
             )
@@ -239,16 +270,110 @@ async fn apply_round(fence: &Arc<Fence>, journal: &Journal, batch: &[u32], mut r
     .unwrap_or(0)
 }
 
-/// The `routemq.v1.Handoff` service: answers other nodes' fetches from this node's journal.
+/// Most orphaned partitions given back per round.
+const RETURN_BATCH: usize = 64;
+
+/// Gives the history of partitions this node held when it was failed over back to their
+/// current owners (once it is a member with a valid lease again).
+async fn return_orphans(fence: &Arc<Fence>, config: &ConfigService, journal: &Journal, node_id: &str) {
+    let orphans = fence.with_ownership(|o| o.orphans());
+    if orphans.is_empty() || fence.lease_status() != LeaseStatus::Valid {
+        return;
+    }
+    let view = config.local_view();
+    for (p, version) in orphans.into_iter().take(RETURN_BATCH) {
+        let Some(owner) = view.ring.owner_of_partition(p).map(str::to_string) else {
+            continue;
+        };
+        if owner == node_id {
+            // Ours again: merged when the fetch imports it (or, if already active, it is ours).
+            if fence.with_ownership(|o| o.accepts_return(p)) {
+                fence.with_ownership(|o| o.orphan_returned(p));
+            }
+            continue;
+        }
+        let Some(addr) = view.state.config.members.get(&owner).map(|m| m.grpc_addr.clone()) else {
+            continue;
+        };
+        let j = journal.clone();
+        let data = match tokio::task::spawn_blocking(move || j.export_partition(p)).await {
+            Ok(Ok(data)) => data,
+            _ => continue,
+        };
+        if data.entries.is_empty() {
+            fence.with_ownership(|o| o.orphan_returned(p));
+            continue;
+        }
+        let request = pb::ReturnRequest {
+            from: node_id.to_string(),
+            partition: p,
+            version,
+            entries: data
+                .entries
+                .into_iter()
+                .map(|(key, value)| pb::KeyValue { key, value })
+                .collect(),
+            ids: data
+                .ids
+                .into_iter()
+                .map(|(key, value)| pb::KeyValue { key, value })
+                .collect(),
+        };
+        let sent = async {
+            let channel = lazy_channel(&addr).map_err(|e| e.to_string())?;
+            pb::handoff_client::HandoffClient::new(channel)
+                .max_encoding_message_size(64 << 20)
+                .r#return(request)
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| s.message().to_string())
+        };
+        match tokio::time::timeout(FETCH_TIMEOUT, sent).await {
+            Ok(Ok(answer)) => {
+                tracing::info!(partition = p, to = %owner, restored = answer.restored,
+                    "history from before the failover given back to the owner");
+                fence.with_ownership(|o| o.orphan_returned(p));
+            }
+            Ok(Err(why)) => tracing::debug!(partition = p, %why, "owner cannot take the history back yet"),
+            Err(_) => tracing::debug!(partition = p, "giving history back timed out"),
+        }
+    }
+}
+
+/// Merges returned history into a partition's journal, run in the partition's lane.
+struct MergeReturned {
+    data: PartitionData,
+}
+
+#[tonic::async_trait]
+impl Handler for MergeReturned {
+    async fn handle(&self, ctx: &HandlerContext, message: &Message) -> Result<Handled, HandlerError> {
+        let (journal, data, p) = (ctx.journal.clone(), self.data.clone(), message.partition);
+        let restored = tokio::task::spawn_blocking(move || journal.merge_older(p, &data))
+            .await
+            .map_err(|e| HandlerError::Failed(e.to_string()))?
+            .map_err(|e| HandlerError::Failed(e.to_string()))?;
+        tracing::info!(partition = p, restored, from = %message.key, "history of a failed-over node put back");
+        Ok(Handled::default())
+    }
+}
+
+/// The `routemq.v1.Handoff` service: answers other nodes' fetches from this node's journal,
+/// and takes back the history of returning nodes.
 pub struct HandoffService {
     fence: Arc<Fence>,
     journal: Journal,
+    processor: Arc<Processor>,
 }
 
 impl HandoffService {
-    /// The service over this node's fence and journal.
-    pub fn new(fence: Arc<Fence>, journal: Journal) -> Self {
-        Self { fence, journal }
+    /// The service over this node's fence, journal and processor.
+    pub fn new(fence: Arc<Fence>, journal: Journal, processor: Arc<Processor>) -> Self {
+        Self {
+            fence,
+            journal,
+            processor,
+        }
     }
 }
 
@@ -271,6 +396,55 @@ impl pb::handoff_server::Handoff for HandoffService {
             .then(move |p| answer_one(fence.clone(), journal.clone(), p, epoch, requester.clone()))
             .flat_map(|chunks| futures::stream::iter(chunks.into_iter().map(Ok)));
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn r#return(
+        &self,
+        request: Request<pb::ReturnRequest>,
+    ) -> Result<Response<pb::ReturnResponse>, Status> {
+        let request = request.into_inner();
+        let p = request.partition;
+        let start = p.to_be_bytes();
+        let data = PartitionData {
+            entries: request.entries.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+            ids: request.ids.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+        };
+        if data
+            .entries
+            .iter()
+            .chain(&data.ids)
+            .any(|(k, _)| !k.starts_with(&start))
+        {
+            return Err(Status::invalid_argument(
+                "returned data holds keys of another partition",
+            ));
+        }
+        if !self.fence.with_ownership(|o| o.accepts_return(p)) {
+            return Err(Status::unavailable(format!("partition {p} is not active here")));
+        }
+        let entries = data.entries.len() as u64;
+        let message = Message {
+            route: "$return".into(),
+            topic: String::new(),
+            params: Vec::new(),
+            key: request.from,
+            partition: p,
+            payload: Vec::new(),
+            message_id: format!("$return/{}/{}", p, request.version),
+            epoch: request.version,
+        };
+        match self
+            .processor
+            .process_ordered(
+                message,
+                Pipeline::new(Vec::new(), Arc::new(MergeReturned { data })),
+            )
+            .await
+        {
+            Ok(_) => Ok(Response::new(pb::ReturnResponse { restored: entries })),
+            Err(ProcessError::Refused(r)) => Err(Status::unavailable(r.to_string())),
+            Err(ProcessError::Handler(e)) => Err(Status::internal(e.to_string())),
+        }
     }
 }
 

@@ -384,7 +384,9 @@ pub async fn run_with(
             routemq_proto::v1::handoff_server::HandoffServer::new(HandoffService::new(
                 fence.clone(),
                 handler_ctx_journal.clone(),
+                processor.clone(),
             ))
+            .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20),
         )
         .add_service(

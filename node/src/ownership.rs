@@ -118,6 +118,9 @@ pub struct Ownership {
     member: bool,
     others: BTreeSet<String>,
     slots: BTreeMap<Partition, Slot>,
+    /// Partitions whose newest data this node held when it was removed (failed over): their
+    /// history goes back to the current owners once this node is a member again.
+    orphans: BTreeMap<Partition, u64>,
     skip_handoff: bool,
 }
 
@@ -132,6 +135,7 @@ impl Ownership {
             member: false,
             others: BTreeSet::new(),
             slots: BTreeMap::new(),
+            orphans: BTreeMap::new(),
             skip_handoff,
         }
     }
@@ -190,8 +194,7 @@ impl Ownership {
         self.epoch = epoch;
         if was_member && !self.member {
             // Removed (failed over, or the end of a leave): what we hold is stale or handed over.
-            self.slots.clear();
-            out.push(Transition::DroppedAll);
+            out.extend(self.drop_all());
             return out;
         }
         let (nodes, owners) = ring.owners_table();
@@ -277,10 +280,38 @@ impl Ownership {
     }
 
     /// This node learned (from the leader) that it is no longer a member: drop everything.
+    /// What this node held as the newest data (active or draining) becomes an orphan: its
+    /// history is given back to the owners once this node is a member again.
     pub fn drop_all(&mut self) -> Vec<Transition> {
         self.member = false;
-        self.slots.clear();
+        for (p, slot) in std::mem::take(&mut self.slots) {
+            if matches!(slot.phase, Phase::Active | Phase::Draining) && !self.skip_handoff {
+                self.orphans.insert(p, slot.version);
+            }
+        }
         vec![Transition::DroppedAll]
+    }
+
+    /// Orphaned partitions to give back (only while a member: the owners must know us).
+    pub fn orphans(&self) -> Vec<(Partition, u64)> {
+        if !self.member {
+            return Vec::new();
+        }
+        self.orphans.iter().map(|(p, v)| (*p, *v)).collect()
+    }
+
+    /// The orphan's history was merged into its owner's journal (or is not wanted).
+    pub fn orphan_returned(&mut self, partition: Partition) {
+        self.orphans.remove(&partition);
+    }
+
+    /// Whether this node may merge returned history into `partition` now: it must hold the
+    /// partition's newest data (active, or draining what it admitted).
+    pub fn accepts_return(&self, partition: Partition) -> bool {
+        matches!(
+            self.slots.get(&partition).map(|s| s.phase),
+            Some(Phase::Active) | Some(Phase::Draining)
+        )
     }
 
     /// Admits a message of `partition` into its queue: only the owner takes new work.
@@ -460,5 +491,32 @@ mod tests {
             decide(&answers(&[("a", Some(Answer::NotHolder))])),
             FetchDecision::Fresh
         );
+    }
+}
+
+#[cfg(test)]
+mod orphan_tests {
+    use super::*;
+    use crate::ring::RingParams;
+
+    #[test]
+    fn a_failed_over_node_keeps_its_history_as_orphans_until_it_is_back() {
+        let params = RingParams {
+            partitions: 32,
+            vnodes_per_weight: 16,
+        };
+        let ring = |m: &[&str]| Ring::build(&params, m.iter().map(|x| (*x, 1))).unwrap();
+        let set = |m: &[&str]| m.iter().map(|x| x.to_string()).collect::<BTreeSet<_>>();
+        let mut c = Ownership::new("c", false);
+        c.observe(3, &ring(&["a", "b", "c"]), &set(&["a", "b", "c"]));
+        let held = c.in_phase(Phase::Active);
+        assert!(!held.is_empty());
+        c.drop_all();
+        assert!(c.orphans().is_empty(), "not offered while not a member");
+        c.observe(4, &ring(&["a", "b"]), &set(&["a", "b"]));
+        c.observe(5, &ring(&["a", "b", "c"]), &set(&["a", "b", "c"]));
+        let orphans: Vec<_> = c.orphans().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(orphans, held);
+        assert_eq!(c.fetching(), held);
     }
 }
