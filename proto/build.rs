@@ -4,7 +4,11 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/routemq/v1/cluster.proto", "proto/routemq/v1/routing.proto"];
+    let protos = [
+        "proto/routemq/v1/cluster.proto",
+        "proto/routemq/v1/routing.proto",
+        "proto/routemq/v1/handoff.proto",
+    ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "routemq-ctl",
     version,
-    after_help = "Examples:\n  routemq-ctl status\n  routemq-ctl --addr node-1:7001,node-2:7001 partitions --json\n  routemq-ctl --local locate device-42\n  routemq-ctl node remove node-3\n  routemq-ctl routes add telemetry --pattern 'sensors/{device_id}/data' --key-param device_id --handler journal\n  routemq-ctl publish sensors/device-42/data '{\"t\":21}'\n  routemq-ctl journal device-42 --route telemetry\n  routemq-ctl bench --route telemetry --topic-template 'sensors/{key}/data' --keys 500 --messages 10000 --verify"
+    after_help = "Examples:\n  routemq-ctl status\n  routemq-ctl --addr node-1:7001,node-2:7001 partitions --json\n  routemq-ctl --local locate device-42\n  routemq-ctl node remove node-3\n  routemq-ctl node leave node-3\n  routemq-ctl routes add telemetry --pattern 'sensors/{device_id}/data' --key-param device_id --handler journal\n  routemq-ctl publish sensors/device-42/data '{\"t\":21}'\n  routemq-ctl journal device-42 --route telemetry\n  routemq-ctl bench --route telemetry --topic-template 'sensors/{key}/data' --keys 500 --messages 10000 --verify"
 )]
 pub struct Cli {
     /// gRPC address of a RouteMQ node; repeatable, or comma-separated
@@ -264,6 +264,15 @@ pub enum NodeCommand {
     Remove {
         /// Id of the node to remove
         node_id: String,
+    },
+    /// Ask a node to leave gracefully: it hands every partition (with its journal) to the new
+    /// owners, leaves the config and exits; waits until it is gone from the config
+    Leave {
+        /// Id of the node that is to leave
+        node_id: String,
+        /// Longest wait for the node to be gone, seconds (0: do not wait)
+        #[arg(long, default_value_t = 120)]
+        wait_secs: u64,
     },
 }
 

@@ -251,6 +251,7 @@ impl Client {
     pub async fn remove_node(&self, node_id: impl Into<String>) -> Result<RemoveNodeResponse, ClientError> {
         let request = RemoveNodeRequest {
             node_id: node_id.into(),
+            graceful: false,
         };
         let (_, removed) = self
             .call(Target::Leader, request, |channel, request| async move {
@@ -258,6 +259,23 @@ impl Client {
             })
             .await?;
         Ok(removed)
+    }
+
+    /// Admin: asks a node to leave gracefully (any node passes the request on to it). The node
+    /// hands its partitions over, leaves the config and exits; this returns once it started.
+    pub async fn leave_node(
+        &self,
+        node_id: impl Into<String>,
+    ) -> Result<routemq_proto::v1::LeaveResponse, ClientError> {
+        let request = routemq_proto::v1::LeaveRequest {
+            node_id: node_id.into(),
+        };
+        let (_, left) = self
+            .call(Target::Any, request, |channel, request| async move {
+                ClusterClient::new(channel).leave(request).await
+            })
+            .await?;
+        Ok(left)
     }
 
     /// Runs one RPC under the retry policy; returns the answering address and the answer.

@@ -123,6 +123,20 @@ impl Cluster for Memory {
     async fn join(&self, _: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn leave(
+        &self,
+        _: Request<routemq_proto::v1::LeaveRequest>,
+    ) -> Result<Response<routemq_proto::v1::LeaveResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn renew_lease(
+        &self,
+        _: Request<routemq_proto::v1::RenewLeaseRequest>,
+    ) -> Result<Response<routemq_proto::v1::RenewLeaseResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 fn sorted(routes: &BTreeMap<String, Route>) -> Vec<Route> {

@@ -126,6 +126,38 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
                 render::remove_text(node_id, &removed)
             }
         }
+        Command::Node(NodeCommand::Leave { node_id, wait_secs }) => {
+            let started = std::time::Instant::now();
+            let left = client
+                .leave_node(node_id.as_str())
+                .await
+                .with_context(|| format!("cannot ask node {node_id:?} to leave"))?;
+            let deadline = started + std::time::Duration::from_secs(*wait_secs);
+            let mut gone = *wait_secs == 0;
+            while !gone && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                if let Ok(status) = client.status(ReadConsistency::Linearizable).await {
+                    gone = !status.members.iter().any(|m| &m.node_id == node_id);
+                }
+            }
+            if *wait_secs > 0 && !gone {
+                anyhow::bail!(
+                    "node {node_id:?} started leaving at epoch {} but is still a member after {wait_secs} s",
+                    left.epoch
+                );
+            }
+            let took = started.elapsed().as_secs_f64();
+            if cli.json {
+                format!(
+                    "{}\n",
+                    serde_json::json!({"node_id": node_id, "left": gone, "epoch": left.epoch, "seconds": took})
+                )
+            } else if gone {
+                format!("node {node_id} handed its partitions over and left the cluster ({took:.1} s)\n")
+            } else {
+                format!("node {node_id} is leaving (epoch {})\n", left.epoch)
+            }
+        }
         Command::Routes(command) => routes(&client, consistency, cli.json, command).await?,
         Command::Publish {
             topic,
@@ -422,6 +454,7 @@ mod tests {
             raft_role: role as i32,
             partitions,
             generation: 5,
+            ring_state: "active".into(),
         }
     }
 
@@ -490,6 +523,20 @@ mod tests {
         }
 
         async fn join(&self, _: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+
+        async fn leave(
+            &self,
+            _: Request<routemq_proto::v1::LeaveRequest>,
+        ) -> Result<Response<routemq_proto::v1::LeaveResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+
+        async fn renew_lease(
+            &self,
+            _: Request<routemq_proto::v1::RenewLeaseRequest>,
+        ) -> Result<Response<routemq_proto::v1::RenewLeaseResponse>, Status> {
             Err(Status::unimplemented("fake"))
         }
     }

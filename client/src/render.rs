@@ -934,6 +934,7 @@ mod tests {
             raft_role: role as i32,
             partitions,
             generation: 1_700_000_000_123,
+            ring_state: "active".into(),
         }
     }
 

@@ -106,6 +106,20 @@ impl Cluster for Fake {
     async fn join(&self, _request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn leave(
+        &self,
+        _: Request<routemq_proto::v1::LeaveRequest>,
+    ) -> Result<Response<routemq_proto::v1::LeaveResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn renew_lease(
+        &self,
+        _: Request<routemq_proto::v1::RenewLeaseRequest>,
+    ) -> Result<Response<routemq_proto::v1::RenewLeaseResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// A bound but not yet serving address.

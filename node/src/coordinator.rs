@@ -1,20 +1,23 @@
 //! The coordinator: membership administration performed by the Raft leader.
 //!
 //! It admits joining nodes (learner first, caught up, then a ring member, then a voter if the
-//! voter cap allows), removes nodes on an operator's request, and keeps the voter set at its
-//! desired size ([`crate::config::voters::desired_voters`]). Every step is a committed Raft
-//! operation; gossip only informs it (is the other holder of a node id alive?).
+//! voter cap allows), removes nodes on an operator's request, starts graceful leaves, grants
+//! ownership leases ([`crate::lease`]) and fails over members that stopped renewing them and
+//! that gossip reports dead, and keeps the voter set at its desired size
+//! ([`crate::config::voters::desired_voters`]). Every step is a committed Raft operation;
+//! gossip only informs it (is the other holder of a node id alive?).
 //!
 //! openraft allows one membership change at a time, so all of this runs under
 //! `ConfigService::membership_lock`.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::config::state::{Command, Member};
 use crate::config::voters::{desired_voters, Candidate};
 use crate::config::{ConfigService, ConfigServiceError};
+use crate::lease::RenewalTracker;
 use crate::membership::{Membership, Peer};
 
 /// How long a joiner may take to catch up as a learner before the join fails.
@@ -60,16 +63,112 @@ pub struct JoinOutcome {
     pub voter: bool,
 }
 
+/// A lease renewal's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseGrant {
+    /// The leader's applied epoch at the grant.
+    pub epoch: u64,
+    /// False: the asker is not a member (no lease granted).
+    pub member: bool,
+}
+
 /// Membership administration on the leader.
 pub struct Coordinator {
     config: Arc<ConfigService>,
     membership: Arc<Membership>,
+    renewals: Mutex<RenewalTracker>,
+    failover_timeout: Duration,
 }
 
 impl Coordinator {
-    /// A coordinator acting through `config`, informed by `membership`.
-    pub fn new(config: Arc<ConfigService>, membership: Arc<Membership>) -> Self {
-        Self { config, membership }
+    /// A coordinator acting through `config`, informed by `membership`; it fails over members
+    /// silent for longer than `failover_timeout`.
+    pub fn new(config: Arc<ConfigService>, membership: Arc<Membership>, failover_timeout: Duration) -> Self {
+        Self {
+            config,
+            membership,
+            renewals: Mutex::new(RenewalTracker::new()),
+            failover_timeout,
+        }
+    }
+
+    fn renewals(&self) -> std::sync::MutexGuard<'_, RenewalTracker> {
+        self.renewals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Grants an ownership lease to member `node_id` (incarnation `raft_id`) after confirming
+    /// this node's leadership with a quorum.
+    pub async fn renew_lease(&self, node_id: &str, raft_id: u64) -> Result<LeaseGrant, AdminError> {
+        self.require_leader()?;
+        let view = self.config.linearizable_view().await?;
+        let config = &view.state.config;
+        let member = config.members.get(node_id).is_some_and(|m| m.raft_id == raft_id);
+        if member {
+            self.renewals().renewed(node_id, Instant::now());
+        }
+        Ok(LeaseGrant {
+            epoch: config.epoch,
+            member,
+        })
+    }
+
+    /// Leader duty, called periodically: removes members that have not renewed their lease
+    /// for the failover timeout and that gossip reports dead. Their leases ran out before that
+    /// (failover timeout > lease + margin), so nobody processes their partitions twice.
+    pub async fn fail_over_dead(&self) {
+        let leader = self.config.is_leader();
+        let now = Instant::now();
+        self.renewals().set_leader(leader, now);
+        if !leader {
+            return;
+        }
+        let view = self.config.local_view();
+        let me = self.config.raft_id();
+        let peers = self.membership.peers().await;
+        let silent: Vec<(String, Duration)> = {
+            let renewals = self.renewals();
+            view.state
+                .config
+                .members
+                .values()
+                .filter(|m| m.raft_id != me && !is_alive(&peers, m))
+                .filter_map(|m| {
+                    renewals
+                        .silent_for(&m.node_id, now)
+                        .filter(|s| *s > self.failover_timeout)
+                        .map(|s| (m.node_id.clone(), s))
+                })
+                .collect()
+        };
+        for (node_id, silent) in silent {
+            tracing::warn!(node = %node_id, silent = ?silent, failover_timeout = ?self.failover_timeout,
+                "member is dead (gossip) and has not renewed its lease: failing it over");
+            match self.remove(&node_id).await {
+                Ok(epoch) => {
+                    metrics::counter!(crate::metrics::FAILOVERS).increment(1);
+                    tracing::info!(node = %node_id, epoch, "failed over: its partitions have new owners")
+                }
+                Err(e) => {
+                    tracing::warn!(node = %node_id, error = %e, "failover did not complete; will retry")
+                }
+            }
+        }
+    }
+
+    /// Starts a graceful leave of `node_id`: it stays a member but owns nothing from the new
+    /// epoch on, so the new owners fetch its partitions from it. Returns the new epoch.
+    pub async fn start_leave(&self, node_id: &str) -> Result<u64, AdminError> {
+        let _guard = self.config.membership_lock.lock().await;
+        self.require_leader()?;
+        let epoch = self
+            .config
+            .propose(Command::SetLeaving {
+                node_id: node_id.to_string(),
+            })
+            .await?
+            .epoch;
+        tracing::info!(node = %node_id, epoch, "node is leaving: its partitions move to the others");
+        Ok(epoch)
     }
 
     fn require_leader(&self) -> Result<(), AdminError> {

@@ -9,8 +9,9 @@
 //! re-sends to the new owner. The caller's future resolves only once the owner accepted the
 //! message, so an ingress acknowledges nothing that was not accepted.
 //!
-//! Until ownership leases and handoff land (issue 4), "owner" means "named owner in the config
-//! applied locally"; see the README's known limits.
+//! Ordered routes go through the node's fence ([`crate::fencing`]): a node without a valid
+//! ownership lease (cut off from the Raft majority) answers `Unavailable` at once, and the
+//! owner's processor admits a message only while ownership and lease allow it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,13 +22,15 @@ use routemq_proto::v1 as pb;
 use tonic::Status;
 
 use crate::config::{ConfigService, ConfigView};
+use crate::fencing::Fence;
 use crate::forward::{ForwardTarget, Forwarder};
 use crate::handler::{
     now_unix_ms, Handler, HandlerContext, HandlerRegistry, JournalHandler, LogHandler, Message, Pipeline,
     RepublishHandler,
 };
+use crate::lease::LeaseStatus;
 use crate::message::{Accepted, Dispatch, InboundMessage, PublishError};
-use crate::processor::Processor;
+use crate::processor::{ProcessError, Processor, Refused};
 use crate::ring::partition_for_key;
 use crate::routes::{HandlerSpec, RouteMode, RouteSpec};
 
@@ -63,10 +66,12 @@ pub struct Dispatcher {
     registry: HandlerRegistry,
     ctx: HandlerContext,
     limits: DispatchLimits,
+    fence: Arc<Fence>,
 }
 
 impl Dispatcher {
     /// A dispatcher for node `node_id`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         node_id: String,
         config: Arc<ConfigService>,
@@ -75,6 +80,7 @@ impl Dispatcher {
         registry: HandlerRegistry,
         ctx: HandlerContext,
         limits: DispatchLimits,
+        fence: Arc<Fence>,
     ) -> Self {
         Self {
             node_id,
@@ -84,6 +90,7 @@ impl Dispatcher {
             registry,
             ctx,
             limits,
+            fence,
         }
     }
 
@@ -115,17 +122,18 @@ impl Dispatcher {
         &self,
         message: Message,
         spec: &RouteSpec,
-    ) -> Result<crate::handler::Handled, PublishError> {
-        let pipeline = self.pipeline(spec)?;
-        let result = match spec.mode {
+    ) -> Result<crate::handler::Handled, ProcessError> {
+        let pipeline = self
+            .pipeline(spec)
+            .map_err(|e| ProcessError::Handler(crate::handler::HandlerError::Failed(e.to_string())))?;
+        match spec.mode {
             RouteMode::Ordered => self.processor.process_ordered(message, pipeline).await,
-            RouteMode::Shared { worker_count } => {
-                self.processor
-                    .process_shared(message, pipeline, worker_count)
-                    .await
-            }
-        };
-        result.map_err(|e| PublishError::HandlerFailed(e.to_string()))
+            RouteMode::Shared { worker_count } => self
+                .processor
+                .process_shared(message, pipeline, worker_count)
+                .await
+                .map_err(ProcessError::from),
+        }
     }
 
     /// Waits (bounded) until the locally applied epoch reaches `epoch`.
@@ -186,6 +194,12 @@ impl Dispatcher {
                     "no member owns the partition yet".into(),
                 ));
             };
+            if matches!(spec.mode, RouteMode::Ordered) {
+                // Cut off from the majority, this node cannot know who owns what: say so now.
+                if let LeaseStatus::Invalid(why) = self.fence.lease_status() {
+                    return Err(reject("no_lease", PublishError::Unavailable(why)));
+                }
+            }
             if owner == self.node_id {
                 let message = Message {
                     route: spec.name.clone(),
@@ -197,9 +211,24 @@ impl Dispatcher {
                     message_id: message_id.clone(),
                     epoch,
                 };
-                self.process_local(message, &spec).await?;
-                record_latency(&spec.name, started);
-                return Ok(accepted(self.node_id.clone(), epoch));
+                let retry_reason = match self.process_local(message, &spec).await {
+                    Ok(_) => {
+                        record_latency(&spec.name, started);
+                        return Ok(accepted(self.node_id.clone(), epoch));
+                    }
+                    Err(ProcessError::Handler(e)) => return Err(PublishError::HandlerFailed(e.to_string())),
+                    Err(ProcessError::Refused(Refused::Unavailable(why))) => {
+                        return Err(PublishError::Unavailable(why))
+                    }
+                    // Ownership moved under us: look again with a newer view.
+                    Err(ProcessError::Refused(Refused::Moved(why))) => why,
+                };
+                if Instant::now() + backoff > deadline {
+                    return Err(PublishError::Unavailable(retry_reason));
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+                continue;
             }
             let addr = Self::owner_addr(&view, &owner)
                 .ok_or_else(|| PublishError::Unavailable(format!("no address for owner {owner}")))?;
@@ -273,7 +302,15 @@ impl Dispatcher {
         }
         let partition = partition_for_key(&view.state.config.ring, &request.key);
         let owner = view.ring.owner_of_partition(partition).map(str::to_string);
-        let local = forwarded || owner.as_deref() == Some(self.node_id.as_str()) || owner.is_none();
+        let readable = self.fence.readable(partition);
+        if forwarded || owner.as_deref() == Some(self.node_id.as_str()) {
+            // Only a node that holds the partition's newest data may answer: the active owner,
+            // or the old owner while it drains. Anyone else would serve a partial history.
+            if let Err(why) = readable {
+                return Err(Status::unavailable(why));
+            }
+        }
+        let local = readable.is_ok() || owner.is_none();
         if !local {
             let owner = owner.unwrap_or_default();
             let addr = Self::owner_addr(&view, &owner)
@@ -419,21 +456,34 @@ impl ForwardTarget for Dispatcher {
             epoch,
         };
         let node_id = self.node_id.clone();
-        let processing: BoxFuture<'static, Result<crate::handler::Handled, crate::handler::HandlerError>> =
-            match spec.mode {
-                RouteMode::Ordered => match self.processor.enqueue_ordered(msg, pipeline).await {
-                    Ok(done) => done.boxed(),
-                    Err(e) => futures::future::ready(Err(e)).boxed(),
-                },
-                RouteMode::Shared { worker_count } => {
-                    let processor = self.processor.clone();
-                    async move { processor.process_shared(msg, pipeline, worker_count).await }.boxed()
+        let processing: BoxFuture<'static, Result<crate::handler::Handled, ProcessError>> = match spec.mode {
+            RouteMode::Ordered => match self.processor.enqueue_ordered(msg, pipeline).await {
+                Ok(done) => done.boxed(),
+                Err(e) => futures::future::ready(Err(e)).boxed(),
+            },
+            RouteMode::Shared { worker_count } => {
+                let processor = self.processor.clone();
+                async move {
+                    processor
+                        .process_shared(msg, pipeline, worker_count)
+                        .await
+                        .map_err(ProcessError::from)
                 }
-            };
+                .boxed()
+            }
+        };
         async move {
             match processing.await {
                 Ok(_) => answer(pb::forward_result::Outcome::Processed, node_id, String::new()),
-                Err(e) => answer(pb::forward_result::Outcome::Failed, node_id, e.to_string()),
+                Err(ProcessError::Handler(e)) => {
+                    answer(pb::forward_result::Outcome::Failed, node_id, e.to_string())
+                }
+                // Not processed here (moving, no lease): the sender retries, in order.
+                Err(ProcessError::Refused(r)) => answer(
+                    pb::forward_result::Outcome::Unavailable,
+                    String::new(),
+                    r.to_string(),
+                ),
             }
         }
         .boxed()

@@ -203,6 +203,137 @@ impl Journal {
         }
         Ok((out, true))
     }
+
+    /// Everything one partition holds, for a handoff: raw key/value pairs of both column
+    /// families (the format is the same on every node). Blocking.
+    pub fn export_partition(&self, partition: u32) -> Result<PartitionData, JournalError> {
+        let scan = |cf: &str| -> Result<Vec<(Vec<u8>, Vec<u8>)>, JournalError> {
+            let start = partition.to_be_bytes();
+            let mut out = Vec::new();
+            for item in self
+                .db
+                .iterator_cf(self.cf(cf)?, IteratorMode::From(&start, Direction::Forward))
+            {
+                let (k, v) = item?;
+                if !k.starts_with(&start) {
+                    break;
+                }
+                out.push((k.to_vec(), v.to_vec()));
+            }
+            Ok(out)
+        };
+        Ok(PartitionData {
+            entries: scan(CF_ENTRIES)?,
+            ids: scan(CF_IDS)?,
+        })
+    }
+
+    /// Replaces everything this node holds of `partition` with `data` (from a handoff), in one
+    /// durable write. Keys outside the partition are refused. Blocking.
+    pub fn import_partition(&self, partition: u32, data: &PartitionData) -> Result<(), JournalError> {
+        self.import_partitions(&[(partition, data)])
+    }
+
+    /// [`Journal::import_partition`] for many partitions in one durable write (one fsync).
+    pub fn import_partitions(&self, parts: &[(u32, &PartitionData)]) -> Result<(), JournalError> {
+        let mut batch = WriteBatch::default();
+        for (partition, data) in parts {
+            let start = partition.to_be_bytes();
+            let end = partition
+                .checked_add(1)
+                .map(|p| p.to_be_bytes().to_vec())
+                .unwrap_or_else(|| vec![0xff; 5]);
+            for (cf, pairs) in [(CF_ENTRIES, &data.entries), (CF_IDS, &data.ids)] {
+                let cf = self.cf(cf)?;
+                batch.delete_range_cf(cf, &start[..], &end[..]);
+                for (k, v) in pairs {
+                    if !k.starts_with(&start) {
+                        return Err(JournalError::Corrupt(format!(
+                            "handoff data for partition {partition} holds a key of another partition"
+                        )));
+                    }
+                    batch.put_cf(cf, k, v);
+                }
+            }
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        Ok(())
+    }
+
+    /// Puts back the history of a node that was failed over and has returned: its entries of
+    /// `partition` (`older`) go *before* everything held here, per (route, key), skipping
+    /// message ids already held here (a producer retried them); offsets are renumbered. Sound
+    /// because fencing guarantees the failed node processed all of them before this node
+    /// started on the partition. One durable write. Blocking; the caller serializes it with the
+    /// partition's processing.
+    pub fn merge_older(&self, partition: u32, older: &PartitionData) -> Result<usize, JournalError> {
+        use std::collections::BTreeMap;
+        let current = self.export_partition(partition)?;
+        let start = partition.to_be_bytes();
+        // (route, key) prefix -> records in offset order
+        let mut keys: BTreeMap<Vec<u8>, (Vec<JournalRecord>, Vec<JournalRecord>)> = BTreeMap::new();
+        for (side, data) in [(0, older), (1, &current)] {
+            for (k, v) in &data.entries {
+                if k.len() < 4 + 8 || !k.starts_with(&start) {
+                    return Err(JournalError::Corrupt("journal key of another partition".into()));
+                }
+                let prefix = k[..k.len() - 8].to_vec();
+                let record: JournalRecord =
+                    serde_json::from_slice(v).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+                let entry = keys.entry(prefix).or_default();
+                if side == 0 {
+                    entry.0.push(record);
+                } else {
+                    entry.1.push(record);
+                }
+            }
+        }
+        let mut batch = WriteBatch::default();
+        let end = partition
+            .checked_add(1)
+            .map(|p| p.to_be_bytes().to_vec())
+            .unwrap_or_else(|| vec![0xff; 5]);
+        let (entries_cf, ids_cf) = (self.cf(CF_ENTRIES)?, self.cf(CF_IDS)?);
+        batch.delete_range_cf(entries_cf, &start[..], &end[..]);
+        batch.delete_range_cf(ids_cf, &start[..], &end[..]);
+        let mut restored = 0;
+        for (prefix, (old, new)) in keys {
+            let held: std::collections::HashSet<&str> = new.iter().map(|r| r.message_id.as_str()).collect();
+            let mut seen = std::collections::HashSet::new();
+            let merged = old
+                .iter()
+                .filter(|r| !held.contains(r.message_id.as_str()))
+                .inspect(|_| restored += 1)
+                .chain(new.iter())
+                .filter(|r| seen.insert(r.message_id.clone()));
+            for (offset, record) in merged.enumerate() {
+                let mut record = record.clone();
+                record.offset = offset as u64;
+                let mut key = prefix.clone();
+                key.extend_from_slice(&(offset as u64).to_be_bytes());
+                let value = serde_json::to_vec(&record).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+                batch.put_cf(entries_cf, key, value);
+                let mut id_key = prefix.clone();
+                id_key.extend_from_slice(record.message_id.as_bytes());
+                batch.put_cf(ids_cf, id_key, (offset as u64).to_be_bytes());
+            }
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        Ok(restored)
+    }
+}
+
+/// A partition's journal data in transit (raw pairs of the `entries` and `ids` families).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionData {
+    /// Entries.
+    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Message id index.
+    pub ids: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 #[cfg(test)]
@@ -257,5 +388,75 @@ mod tests {
         let journal = Journal::open(dir.path()).unwrap();
         assert_eq!(journal.append("r", "k", record("b", 1)).unwrap().offset, 1);
         assert!(journal.append("r", "k", record("a", 1)).unwrap().duplicate);
+    }
+
+    #[test]
+    fn a_partition_moves_whole_and_replaces_what_was_there() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (
+            Journal::open(a_dir.path()).unwrap(),
+            Journal::open(b_dir.path()).unwrap(),
+        );
+        a.append("r", "k", record("m1", 7)).unwrap();
+        a.append("r", "k", record("m2", 7)).unwrap();
+        a.append("r", "other", record("m1", 8)).unwrap();
+        b.append("r", "k", record("stale", 7)).unwrap();
+        b.append("r", "x", record("kept", 6)).unwrap();
+        let data = a.export_partition(7).unwrap();
+        assert_eq!((data.entries.len(), data.ids.len()), (2, 2));
+        b.import_partition(7, &data).unwrap();
+        let (entries, _) = b.read(7, "r", "k", 0, 10).unwrap();
+        let ids: Vec<_> = entries.iter().map(|e| e.message_id.as_str()).collect();
+        assert_eq!(ids, ["m1", "m2"], "the stale entry is gone, the history is whole");
+        assert!(
+            b.append("r", "k", record("m2", 7)).unwrap().duplicate,
+            "ids moved too"
+        );
+        assert_eq!(b.append("r", "k", record("m3", 7)).unwrap().offset, 2);
+        assert_eq!(
+            b.read(6, "r", "x", 0, 10).unwrap().0.len(),
+            1,
+            "other partitions untouched"
+        );
+        let mut foreign = data.clone();
+        foreign.entries[0].0[3] ^= 1;
+        assert!(b.import_partition(7, &foreign).is_err());
+    }
+
+    #[test]
+    fn a_returning_history_goes_first_without_duplicates() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (old, new) = (
+            Journal::open(a_dir.path()).unwrap(),
+            Journal::open(b_dir.path()).unwrap(),
+        );
+        for id in ["m1", "m2", "m3"] {
+            old.append("r", "k", record(id, 7)).unwrap();
+        }
+        old.append("r", "only-old", record("x", 7)).unwrap();
+        // m3 was processed by the failed node but not acknowledged: retried on the new owner.
+        for id in ["m3", "m4"] {
+            new.append("r", "k", record(id, 7)).unwrap();
+        }
+        new.append("r", "k", record("y", 8)).unwrap();
+        let restored = new.merge_older(7, &old.export_partition(7).unwrap()).unwrap();
+        assert_eq!(restored, 3, "m1, m2 and x come back; m3 is already here");
+        let (entries, _) = new.read(7, "r", "k", 0, 10).unwrap();
+        let ids: Vec<_> = entries
+            .iter()
+            .map(|e| (e.offset, e.message_id.as_str()))
+            .collect();
+        assert_eq!(ids, [(0, "m1"), (1, "m2"), (2, "m3"), (3, "m4")]);
+        assert_eq!(new.read(7, "r", "only-old", 0, 10).unwrap().0.len(), 1);
+        assert!(
+            new.append("r", "k", record("m1", 7)).unwrap().duplicate,
+            "ids follow"
+        );
+        assert_eq!(new.append("r", "k", record("m5", 7)).unwrap().offset, 4);
+        assert_eq!(
+            new.read(8, "r", "k", 0, 10).unwrap().0.len(),
+            1,
+            "other partitions untouched"
+        );
     }
 }

@@ -4,7 +4,9 @@
 //! - [`membership`]: gossip (chitchat), liveness hints;
 //! - [`config`]: the Raft-replicated cluster config, the authority on ownership;
 //! - [`ring`]: consistent hashing of keys to partitions to owners, a pure function of the config;
-//! - [`coordinator`]: what the Raft leader does to admit and remove nodes;
+//! - [`coordinator`]: what the Raft leader does to admit, remove and fail over nodes;
+//! - [`ownership`] (pure), [`lease`] (pure), [`fencing`], [`handoff`]: who may process a
+//!   partition now, leases that fence a cut-off owner, and the handoff of partitions;
 //! - [`api`]: the gRPC cluster API; [`http`]: health, readiness and metrics;
 //! - [`node`]: start-up, wiring and shutdown; [`settings`]: flags, env and file.
 
@@ -13,16 +15,20 @@ pub mod config;
 pub mod coordinator;
 pub mod datadir;
 pub mod dispatch;
+pub mod fencing;
 pub mod forward;
 pub mod handler;
+pub mod handoff;
 pub mod http;
 pub mod ingress;
 pub mod journal;
+pub mod lease;
 pub mod membership;
 pub mod message;
 pub mod metrics;
 pub mod mqtt;
 pub mod node;
+pub mod ownership;
 pub mod processor;
 pub mod ring;
 pub mod routes;

@@ -50,6 +50,15 @@ pub const PUBLISH_ERRORS: &str = "routemq_publish_errors_total";
 pub const RATE_LIMITED: &str = "routemq_rate_limited_total";
 /// 1 when `/ready` answers 200.
 pub const READY: &str = "routemq_ready";
+/// Ordered-route messages queued or running in this node's partition lanes.
+pub const QUEUE_DEPTH: &str = "routemq_ordered_queue_depth";
+/// Partitions per ownership phase on this node (label `phase`: active, fetching, draining,
+/// handed_over).
+pub const PARTITION_PHASE: &str = "routemq_partitions";
+/// 1 while this node's ownership lease is valid.
+pub const LEASE_VALID: &str = "routemq_lease_valid";
+/// Members the leader failed over (removed as dead).
+pub const FAILOVERS: &str = "routemq_failovers_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -84,6 +93,12 @@ fn describe() {
     describe_gauge!(GOSSIP_LIVE_NODES, "Nodes gossip sees alive, self included");
     describe_gauge!(GOSSIP_DEAD_NODES, "Nodes gossip sees dead");
     describe_gauge!(READY, "1 when /ready answers 200");
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Ordered-route messages queued or running in partition lanes"
+    );
+    describe_gauge!(PARTITION_PHASE, "Partitions per ownership phase on this node");
+    describe_gauge!(LEASE_VALID, "1 while this node's ownership lease is valid");
 }
 
 /// Cluster-state figures sampled by the status loop.
@@ -109,6 +124,12 @@ pub struct ClusterGauges {
     pub dead_nodes: usize,
     /// Readiness.
     pub ready: bool,
+    /// Ordered messages queued or running.
+    pub queue_depth: i64,
+    /// Partitions active, fetching, draining, handed over.
+    pub phases: [usize; 4],
+    /// Lease valid.
+    pub lease_valid: bool,
 }
 
 /// Publishes the sampled figures.
@@ -123,4 +144,12 @@ pub fn record_cluster_gauges(g: &ClusterGauges) {
     gauge!(GOSSIP_LIVE_NODES).set(g.live_nodes as f64);
     gauge!(GOSSIP_DEAD_NODES).set(g.dead_nodes as f64);
     gauge!(READY).set(if g.ready { 1.0 } else { 0.0 });
+    gauge!(QUEUE_DEPTH).set(g.queue_depth as f64);
+    for (phase, count) in ["active", "fetching", "draining", "handed_over"]
+        .iter()
+        .zip(g.phases)
+    {
+        gauge!(PARTITION_PHASE, "phase" => *phase).set(count as f64);
+    }
+    gauge!(LEASE_VALID).set(if g.lease_valid { 1.0 } else { 0.0 });
 }

@@ -8,8 +8,14 @@
 //! 5. serve gRPC (cluster API, Raft transport, health, reflection) and HTTP;
 //! 6. bootstrap a new cluster, or join one through the seeds, or simply resume as the member
 //!    the data directory says this node is;
-//! 7. run the status loop (gossip the Raft view, readiness, metrics, leader duties) until the
-//!    shutdown future completes, then stop every task and wait for it.
+//! 7. run the status loop (gossip the Raft view, readiness, metrics, leader duties: voters
+//!    and failover) until the shutdown future completes or the node is asked to leave;
+//! 8. leave gracefully (hand every partition over, bounded by the leave timeout), then stop
+//!    every task and wait for it.
+//!
+//! Alongside: the fence observes every applied config, the lease is renewed through the
+//! leader, partitions this node gains are fetched from their holders, and a node that learns
+//! it was removed (failed over while cut off) joins again as a fresh member.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,11 +40,14 @@ use crate::config::{store, ConfigService, RaftTiming};
 use crate::coordinator::Coordinator;
 use crate::datadir::{DataDir, DataDirError};
 use crate::dispatch::{DispatchLimits, Dispatcher};
+use crate::fencing::Fence;
 use crate::forward::{ForwardService, Forwarder};
 use crate::handler::{HandlerContext, HandlerRegistry, NoBroker, Publisher};
+use crate::handoff::HandoffService;
 use crate::http::Readiness;
 use crate::ingress::{spawn_ingress, IngressPlan};
 use crate::journal::Journal;
+use crate::lease::LeaseStatus;
 use crate::membership::{GossipSettings, Lifecycle, Membership, MembershipError, SelfInfo};
 use crate::metrics::ClusterGauges;
 use crate::mqtt::{ingress_plan, MqttPublisher};
@@ -220,7 +229,14 @@ pub async fn run_with(
         "gossiping"
     );
 
-    let coordinator = Arc::new(Coordinator::new(config.clone(), membership.clone()));
+    let coordinator = Arc::new(Coordinator::new(
+        config.clone(),
+        membership.clone(),
+        settings.failover_timeout,
+    ));
+    let fence = Arc::new(Fence::new(&settings.node_id, &settings.lease));
+    // The first observation is of the state found on disk: partitions owned then are trusted.
+    fence.observe(&config.local_view());
 
     // The message path: journal, processor, forwarder, dispatcher.
     let journal_dir = data_dir.path().join("journal");
@@ -236,12 +252,13 @@ pub async fn run_with(
         Some(p) => p.clone(),
         None => Arc::new(NoBroker),
     };
+    let handler_ctx_journal = journal.clone();
     let handler_ctx = HandlerContext {
         node_id: settings.node_id.clone(),
         publisher,
         journal,
     };
-    let processor = Arc::new(Processor::new(handler_ctx.clone()));
+    let processor = Arc::new(Processor::new(handler_ctx.clone(), fence.clone()));
     let forwarder = Arc::new(Forwarder::new(settings.node_id.clone()));
     let dispatcher = Arc::new(Dispatcher::new(
         settings.node_id.clone(),
@@ -254,6 +271,7 @@ pub async fn run_with(
             max_payload: settings.max_payload_bytes,
             ..DispatchLimits::default()
         },
+        fence.clone(),
     ));
     let cancel = CancellationToken::new();
     let mut tasks: JoinSet<Result<(), NodeError>> = JoinSet::new();
@@ -261,6 +279,41 @@ pub async fn run_with(
         reason: "starting".into(),
         ..Default::default()
     });
+
+    // Ownership: observe every applied config, renew the lease, fetch gained partitions.
+    let (removed_tx, mut removed_rx) = watch::channel(false);
+    {
+        let (fence, config, cancel) = (fence.clone(), config.clone(), cancel.clone());
+        tasks.spawn(async move {
+            let mut applied = config.subscribe();
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    changed = applied.changed() => if changed.is_err() { return Ok(()) },
+                }
+                fence.observe(&config.local_view());
+            }
+        });
+    }
+    {
+        let (fence, config, cancel) = (fence.clone(), config.clone(), cancel.clone());
+        let membership_for_lease = membership.clone();
+        let lease = settings.lease;
+        tasks.spawn(async move {
+            fence
+                .renew_loop(config, membership_for_lease, lease, removed_tx, cancel)
+                .await;
+            Ok(())
+        });
+    }
+    {
+        let (fence, config, cancel) = (fence.clone(), config.clone(), cancel.clone());
+        let (journal, node_id) = (handler_ctx_journal.clone(), settings.node_id.clone());
+        tasks.spawn(async move {
+            crate::handoff::fetch_loop(fence, config, journal, node_id, cancel).await;
+            Ok(())
+        });
+    }
 
     // MQTT: a publisher for `republish`, and the ingress following the routes and ring.
     let mut ingress = None;
@@ -270,11 +323,17 @@ pub async fn run_with(
         let config = config.clone();
         let node_id = settings.node_id.clone();
         let cancel = cancel.clone();
+        let mut lease_valid = fence.lease_valid();
         tasks.spawn(async move {
             let mut applied = config.subscribe();
             loop {
                 let view = config.local_view();
-                let plan = ingress_plan(&view, &node_id);
+                let mut plan = ingress_plan(&view, &node_id);
+                if !*lease_valid.borrow_and_update() {
+                    // Cut off from the majority: let go of ordered routes so that the
+                    // majority's holder can take over the broker session.
+                    plan.ordered_held.clear();
+                }
                 if **plan_tx.borrow() != plan {
                     tracing::info!(
                         shared = plan.shared.len(),
@@ -286,6 +345,7 @@ pub async fn run_with(
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
                     changed = applied.changed() => if changed.is_err() { return Ok(()) },
+                    changed = lease_valid.changed() => if changed.is_err() { return Ok(()) },
                 }
             }
         });
@@ -301,11 +361,13 @@ pub async fn run_with(
             what: "gRPC reflection",
             message: e.to_string(),
         })?;
+    let (leave_tx, mut leave_rx) = watch::channel(false);
     let api = ClusterApi::new(
         settings.node_id.clone(),
         config.clone(),
         membership.clone(),
         coordinator.clone(),
+        leave_tx,
     );
     let grpc_server = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -317,6 +379,15 @@ pub async fn run_with(
         )
         .add_service(
             ForwardServer::new(ForwardService::new(dispatcher.clone())).max_decoding_message_size(64 << 20),
+        )
+        .add_service(
+            routemq_proto::v1::handoff_server::HandoffServer::new(HandoffService::new(
+                fence.clone(),
+                handler_ctx_journal.clone(),
+                processor.clone(),
+            ))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20),
         )
         .add_service(
             RaftTransportServer::new(RaftTransportService::new(config.raft().clone()))
@@ -376,17 +447,45 @@ pub async fn run_with(
                 config: config.clone(),
                 membership: membership.clone(),
                 coordinator: coordinator.clone(),
+                fence: fence.clone(),
+                processor: processor.clone(),
                 readiness: readiness_tx,
                 health: health_reporter,
             };
-            tokio::select! {
-                _ = &mut shutdown => Ok(()),
-                _ = status_loop.run(cancel.clone()) => Ok(()),
+            let leaving = CancellationToken::new();
+            let rejoin = Rejoin {
+                settings: &settings,
+                cluster_id: data_dir.identity().cluster_id.clone(),
+                me: me_of(&settings, data_dir.identity().raft_id),
+                membership: membership.clone(),
+            };
+            let outcome = tokio::select! {
+                _ = &mut shutdown => Ok(true),
+                _ = leave_rx.wait_for(|l| *l) => Ok(true),
+                _ = status_loop.run(cancel.clone()) => Ok(false),
+                _ = rejoin.run(&mut removed_rx, leaving.clone()) => Ok(false),
                 Some(joined) = tasks.join_next() => match joined {
                     Ok(Err(e)) => Err(e),
-                    Ok(Ok(())) => Ok(()),
+                    Ok(Ok(())) => Ok(false),
                     Err(e) => Err(NodeError::Server { what: "node", message: e.to_string() }),
                 },
+            };
+            match outcome {
+                Ok(true) => {
+                    leaving.cancel();
+                    let leave = Leave {
+                        node_id: &settings.node_id,
+                        config: &config,
+                        coordinator: &coordinator,
+                        membership: &membership,
+                        fence: &fence,
+                        timeout: settings.leave_timeout,
+                    };
+                    leave.run().await;
+                    Ok(())
+                }
+                Ok(false) => Ok(()),
+                Err(e) => Err(e),
             }
         }
     };
@@ -435,21 +534,25 @@ async fn enter_cluster(
     membership: &Arc<Membership>,
 ) -> Result<(), NodeError> {
     let identity = data_dir.identity().clone();
-    let me = Member {
-        node_id: settings.node_id.clone(),
-        raft_id: identity.raft_id,
-        grpc_addr: settings.grpc_advertise.to_string(),
-        gossip_addr: settings.gossip_advertise.to_string(),
-        http_addr: settings.http_advertise.to_string(),
-        weight: settings.weight,
-    };
+    let me = me_of(settings, identity.raft_id);
     if initialized {
         if !identity.cluster_id.is_empty() && !settings.seeds.is_empty() {
             check_seeds_cluster(data_dir, membership).await?;
         }
-        tracing::info!(cluster_id = %identity.cluster_id, "resuming as an existing member");
-        wait_until_member(config, &me).await;
-        return Ok(());
+        let member = config
+            .local_view()
+            .state
+            .config
+            .member_by_raft_id(me.raft_id)
+            .is_some();
+        if member || settings.seeds.is_empty() {
+            tracing::info!(cluster_id = %identity.cluster_id, "resuming as an existing member");
+            wait_until_member(config, &me).await;
+            return Ok(());
+        }
+        // The directory says we left (or were removed): join again, as a fresh member.
+        tracing::info!(cluster_id = %identity.cluster_id, "no longer a member (left or removed); joining again");
+        return join(settings, data_dir, config, membership, me).await;
     }
     if !settings.bootstrap && settings.seeds.is_empty() {
         return Err(NodeError::NoWayIn(data_dir.path().display().to_string()));
@@ -458,6 +561,19 @@ async fn enter_cluster(
         bootstrap(settings, data_dir, config, membership, me).await
     } else {
         join(settings, data_dir, config, membership, me).await
+    }
+}
+
+/// This node as a ring member.
+fn me_of(settings: &Settings, raft_id: u64) -> Member {
+    Member {
+        node_id: settings.node_id.clone(),
+        raft_id,
+        grpc_addr: settings.grpc_advertise.to_string(),
+        gossip_addr: settings.gossip_advertise.to_string(),
+        http_addr: settings.http_advertise.to_string(),
+        weight: settings.weight,
+        state: Default::default(),
     }
 }
 
@@ -562,6 +678,21 @@ async fn join(
     membership: &Membership,
     me: Member,
 ) -> Result<(), NodeError> {
+    let response = join_loop(settings, membership, &me, &data_dir.identity().cluster_id).await?;
+    data_dir.set_cluster_id(&response.cluster_id)?;
+    membership.set_cluster_id(&response.cluster_id).await;
+    tracing::info!(cluster_id = %response.cluster_id, epoch = response.epoch, voter = response.voter, "joined");
+    wait_until_member(config, &me).await;
+    Ok(())
+}
+
+/// Asks the leader (found through gossip) to admit `me`, until it does or refuses for good.
+async fn join_loop(
+    settings: &Settings,
+    membership: &Membership,
+    me: &Member,
+    cluster_id: &str,
+) -> Result<pb::JoinResponse, NodeError> {
     let mut backoff = Duration::from_millis(200);
     let started = Instant::now();
     let mut hinted: Option<String> = None;
@@ -580,14 +711,8 @@ async fn join(
             continue;
         };
         tracing::info!(via = %target, "asking to join the cluster");
-        match request_join(&target, &me, &data_dir.identity().cluster_id).await {
-            Ok(response) => {
-                data_dir.set_cluster_id(&response.cluster_id)?;
-                membership.set_cluster_id(&response.cluster_id).await;
-                tracing::info!(cluster_id = %response.cluster_id, epoch = response.epoch, voter = response.voter, "joined");
-                wait_until_member(config, &me).await;
-                return Ok(());
-            }
+        match request_join(&target, me, cluster_id).await {
+            Ok(response) => return Ok(response),
             Err(status) => match status.code() {
                 tonic::Code::AlreadyExists | tonic::Code::PermissionDenied | tonic::Code::InvalidArgument => {
                     return Err(NodeError::JoinRejected(status.message().to_string()));
@@ -613,7 +738,7 @@ async fn join(
 }
 
 /// The gRPC address of the Raft leader as gossip reports it, or of any live peer.
-async fn leader_grpc_addr(membership: &Membership, self_raft_id: u64) -> Option<String> {
+pub(crate) async fn leader_grpc_addr(membership: &Membership, self_raft_id: u64) -> Option<String> {
     let peers = membership.peers().await;
     let others: Vec<_> = peers
         .iter()
@@ -655,6 +780,8 @@ struct StatusLoop {
     config: Arc<ConfigService>,
     membership: Arc<Membership>,
     coordinator: Arc<Coordinator>,
+    fence: Arc<Fence>,
+    processor: Arc<Processor>,
     readiness: watch::Sender<Readiness>,
     health: tonic_health::server::HealthReporter,
 }
@@ -689,8 +816,11 @@ impl StatusLoop {
                 .unwrap_or(0);
             let applied = view.applied_index();
             let leader_known = metrics.current_leader.is_some();
+            let lease = self.fence.lease_status();
             let (ready, reason) = if !member {
                 (false, "not a ring member in the applied config".to_string())
+            } else if let LeaseStatus::Invalid(why) = &lease {
+                (false, why.clone())
             } else if !leader_known {
                 (false, "no Raft leader known".to_string())
             } else if applied < leader_committed {
@@ -746,7 +876,11 @@ impl StatusLoop {
                 live_nodes: peers.iter().filter(|p| p.alive).count(),
                 dead_nodes: peers.iter().filter(|p| !p.alive).count(),
                 ready,
+                queue_depth: self.processor.queue_depth(),
+                phases: self.fence.phase_counts(),
+                lease_valid: lease == LeaseStatus::Valid,
             });
+            self.coordinator.fail_over_dead().await;
             if is_leader && last_reconcile.elapsed() > Duration::from_secs(2) {
                 last_reconcile = Instant::now();
                 if let Err(e) = self.coordinator.reconcile().await {
@@ -755,4 +889,209 @@ impl StatusLoop {
             }
         }
     }
+}
+
+/// Joins again after the leader said this node is no longer a member (it was failed over
+/// while cut off or paused). Its partitions were dropped by the fence; as a fresh member it
+/// gets partitions back by handoff.
+struct Rejoin<'a> {
+    settings: &'a Settings,
+    cluster_id: String,
+    me: Member,
+    membership: Arc<Membership>,
+}
+
+impl Rejoin<'_> {
+    /// Runs until `leaving` (never returns otherwise).
+    async fn run(&self, removed: &mut watch::Receiver<bool>, leaving: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = leaving.cancelled() => return std::future::pending().await,
+                r = removed.wait_for(|r| *r) => if r.is_err() { return std::future::pending().await },
+            }
+            self.membership.set_lifecycle(Lifecycle::Joining).await;
+            tracing::info!("rejoining the cluster as a fresh member");
+            let joined = tokio::select! {
+                _ = leaving.cancelled() => return std::future::pending().await,
+                r = join_loop(self.settings, &self.membership, &self.me, &self.cluster_id) => r,
+            };
+            match joined {
+                Ok(response) => {
+                    tracing::info!(epoch = response.epoch, "rejoined");
+                    // The lease loop clears `removed` at its first renewal as a member.
+                    let _ = tokio::time::timeout(Duration::from_secs(10), removed.wait_for(|r| !*r)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot rejoin; retrying in 5 s");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        }
+    }
+}
+
+/// A graceful leave: stop owning (through the leader), wait until every partition this node
+/// held was fetched by its new owner, then leave the config. Bounded by `timeout`.
+struct Leave<'a> {
+    node_id: &'a str,
+    config: &'a Arc<ConfigService>,
+    coordinator: &'a Arc<Coordinator>,
+    membership: &'a Arc<Membership>,
+    fence: &'a Arc<Fence>,
+    timeout: Duration,
+}
+
+impl Leave<'_> {
+    async fn run(&self) {
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        self.membership.set_lifecycle(Lifecycle::Leaving).await;
+        if self
+            .config
+            .local_view()
+            .state
+            .config
+            .members
+            .get(self.node_id)
+            .is_none()
+        {
+            tracing::info!("not a member; nothing to hand over");
+            return;
+        }
+        tracing::info!(timeout = ?self.timeout, "leaving the cluster: handing partitions over");
+        let epoch = loop {
+            match self.ask_leader(true).await {
+                Ok(epoch) => break epoch,
+                Err(LeaveStep::Final(why)) => {
+                    tracing::info!(reason = %why, "not handing over");
+                    return;
+                }
+                Err(LeaveStep::Retry(why)) => {
+                    if Instant::now() >= deadline || !self.others_alive().await {
+                        tracing::warn!(reason = %why, "could not start the handoff; stopping without it");
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        let mut applied = self.config.subscribe();
+        let _ = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            applied.wait_for(|s| s.config.epoch >= epoch),
+        )
+        .await;
+        loop {
+            let held = self.fence.still_held();
+            if held == 0 {
+                tracing::info!(took = ?started.elapsed(), "every partition handed over");
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(held, timeout = ?self.timeout,
+                    "leave timeout: partitions not handed over; their data stays in this data directory");
+                return;
+            }
+            if !self.others_alive().await {
+                tracing::warn!(held, "no other live member to hand partitions to; stopping");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        loop {
+            match self.ask_leader(false).await {
+                Ok(epoch) => {
+                    tracing::info!(epoch, "left the cluster");
+                    return;
+                }
+                Err(LeaveStep::Final(why)) => {
+                    tracing::info!(reason = %why, "left the cluster");
+                    return;
+                }
+                Err(LeaveStep::Retry(why)) if Instant::now() >= deadline => {
+                    tracing::warn!(reason = %why, "could not leave the config before the timeout");
+                    return;
+                }
+                Err(LeaveStep::Retry(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// True if another active member looks alive (someone can take our partitions).
+    async fn others_alive(&self) -> bool {
+        let view = self.config.local_view();
+        let peers = self.membership.peers().await;
+        let alive = view
+            .state
+            .config
+            .active_members()
+            .filter(|m| m.node_id != self.node_id)
+            .any(|m| crate::coordinator::is_alive(&peers, m));
+        alive
+    }
+
+    /// Starts the leave (`graceful`) or removes this node, through the leader.
+    async fn ask_leader(&self, graceful: bool) -> Result<u64, LeaveStep> {
+        if self.config.is_leader() {
+            let result = if graceful {
+                self.coordinator.start_leave(self.node_id).await
+            } else {
+                self.coordinator.remove(self.node_id).await
+            };
+            return result.map_err(|e| match e {
+                crate::coordinator::AdminError::Config(crate::config::ConfigServiceError::Rejected(r)) => {
+                    LeaveStep::Final(r.to_string())
+                }
+                other => LeaveStep::Retry(other.to_string()),
+            });
+        }
+        let metrics = self.config.metrics();
+        let mut addr = metrics.current_leader.and_then(|l| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| n.addr.clone())
+        });
+        if addr.is_none() {
+            addr = leader_grpc_addr(self.membership, self.config.raft_id()).await;
+        }
+        let mut addr = addr.ok_or_else(|| LeaveStep::Retry("no Raft leader known".into()))?;
+        // Follow NotLeader hints a few hops (our own Raft view may be stale).
+        for _ in 0..3 {
+            let channel = lazy_channel(&addr).map_err(|e| LeaveStep::Retry(e.to_string()))?;
+            let mut client = ClusterClient::new(channel);
+            let mut request = tonic::Request::new(pb::RemoveNodeRequest {
+                node_id: self.node_id.to_string(),
+                graceful,
+            });
+            request.set_timeout(Duration::from_secs(5));
+            match client.remove_node(request).await {
+                Ok(r) => return Ok(r.into_inner().epoch),
+                Err(s) if matches!(s.code(), tonic::Code::NotFound) => {
+                    return Err(LeaveStep::Final(s.message().to_string()))
+                }
+                Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                    match s.metadata().get(routemq_proto::LEADER_ADDR_METADATA) {
+                        // LastMember and other rejections by the state machine: final.
+                        None => return Err(LeaveStep::Final(s.message().to_string())),
+                        Some(hint) => match hint.to_str().ok().filter(|h| !h.is_empty()) {
+                            Some(hint) => addr = hint.to_string(),
+                            None => return Err(LeaveStep::Retry(s.message().to_string())),
+                        },
+                    }
+                }
+                Err(s) => return Err(LeaveStep::Retry(s.message().to_string())),
+            }
+        }
+        Err(LeaveStep::Retry("the leader moved while asking".into()))
+    }
+}
+
+/// Why a step of a leave did not happen.
+enum LeaveStep {
+    /// Try again (no leader, unavailable).
+    Retry(String),
+    /// Do not try again (the last member cannot leave; already removed).
+    Final(String),
 }

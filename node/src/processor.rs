@@ -11,11 +11,12 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -31,12 +32,82 @@ pub const DEAD_LETTER_PREFIX: &str = "$dead-letter/";
 struct Job {
     message: Message,
     pipeline: Pipeline,
-    reply: oneshot::Sender<Result<Handled, HandlerError>>,
+    reply: oneshot::Sender<Result<Handled, ProcessError>>,
+}
+
+/// Why this node will not process a partition's message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// Another node owns the partition (or will, once the handoff is done): re-send there.
+    #[error("{0}")]
+    Moved(String),
+    /// This node cannot process now (no valid ownership lease, shutting down).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Why an ordered-route message was not processed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProcessError {
+    /// The handler failed (dead-lettered).
+    #[error(transparent)]
+    Handler(#[from] HandlerError),
+    /// The node did not run it (the message was not processed at all).
+    #[error(transparent)]
+    Refused(#[from] Refused),
+}
+
+/// What the processor may do with a partition's message right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateNow {
+    /// Run it.
+    Run,
+    /// Keep it queued (the partition's data is on its way).
+    Wait,
+    /// Give it back.
+    Refuse(Refused),
+}
+
+/// Who decides whether this node may process a partition: ownership and lease
+/// ([`crate::fencing::Fence`]), or [`OpenGate`] where ownership does not matter (tests).
+pub trait PartitionGate: Send + Sync + 'static {
+    /// Takes a new message of `partition` into this node's queue, or refuses it.
+    fn admit(&self, partition: u32) -> Result<(), Refused>;
+    /// Whether an admitted message may run now.
+    fn gate(&self, partition: u32) -> GateNow;
+    /// An admitted message finished (processed or refused).
+    fn finished(&self, partition: u32);
+    /// Changes whenever a gate may have opened.
+    fn changes(&self) -> watch::Receiver<u64>;
+}
+
+/// A gate that always admits and runs.
+pub struct OpenGate(watch::Sender<u64>);
+
+impl Default for OpenGate {
+    fn default() -> Self {
+        Self(watch::channel(0).0)
+    }
+}
+
+impl PartitionGate for OpenGate {
+    fn admit(&self, _partition: u32) -> Result<(), Refused> {
+        Ok(())
+    }
+    fn gate(&self, _partition: u32) -> GateNow {
+        GateNow::Run
+    }
+    fn finished(&self, _partition: u32) {}
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
 }
 
 /// Runs handlers: partition lanes for ordered routes, bounded pools for shared routes.
 pub struct Processor {
     ctx: HandlerContext,
+    gate: Arc<dyn PartitionGate>,
+    queued: Arc<AtomicI64>,
     lanes: Mutex<HashMap<u32, mpsc::Sender<Job>>>,
     shared_pools: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
     tasks: Mutex<JoinSet<()>>,
@@ -44,10 +115,12 @@ pub struct Processor {
 }
 
 impl Processor {
-    /// A processor using `ctx` for every handler.
-    pub fn new(ctx: HandlerContext) -> Self {
+    /// A processor using `ctx` for every handler and `gate` for ordered partitions.
+    pub fn new(ctx: HandlerContext, gate: Arc<dyn PartitionGate>) -> Self {
         Self {
             ctx,
+            gate,
+            queued: Arc::new(AtomicI64::new(0)),
             lanes: Mutex::new(HashMap::new()),
             shared_pools: Mutex::new(HashMap::new()),
             tasks: Mutex::new(JoinSet::new()),
@@ -60,32 +133,50 @@ impl Processor {
         &self,
         message: Message,
         pipeline: Pipeline,
-    ) -> Result<Handled, HandlerError> {
+    ) -> Result<Handled, ProcessError> {
         self.enqueue_ordered(message, pipeline).await?.await
     }
 
     /// Queues an ordered-route message in its partition's lane (waiting while the lane is
     /// full) and returns a future of its result. Messages enqueued one after the other are
-    /// processed in that order.
+    /// processed in that order. Refused at once if this node does not own the partition or
+    /// holds no valid lease.
     pub async fn enqueue_ordered(
         &self,
         message: Message,
         pipeline: Pipeline,
-    ) -> Result<impl std::future::Future<Output = Result<Handled, HandlerError>> + Send + 'static, HandlerError>
+    ) -> Result<impl std::future::Future<Output = Result<Handled, ProcessError>> + Send + 'static, ProcessError>
     {
-        let lane = self.lane(message.partition);
+        let partition = message.partition;
+        if let GateNow::Refuse(Refused::Unavailable(why)) = self.gate.gate(partition) {
+            return Err(Refused::Unavailable(why).into());
+        }
+        self.gate.admit(partition)?;
+        let lane = self.lane(partition);
         let (reply, done) = oneshot::channel();
-        lane.send(Job {
-            message,
-            pipeline,
-            reply,
-        })
-        .await
-        .map_err(|_| HandlerError::Failed("node is shutting down".into()))?;
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if lane
+            .send(Job {
+                message,
+                pipeline,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.gate.finished(partition);
+            return Err(Refused::Unavailable("node is shutting down".into()).into());
+        }
         Ok(async move {
             done.await
-                .map_err(|_| HandlerError::Failed("node is shutting down".into()))?
+                .map_err(|_| ProcessError::from(Refused::Unavailable("node is shutting down".into())))?
         })
+    }
+
+    /// Ordered-route messages queued or running on this node.
+    pub fn queue_depth(&self) -> i64 {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// Processes a shared-route message with at most `worker_count` concurrent runs per route.
@@ -126,16 +217,48 @@ impl Processor {
         let (tx, mut rx) = mpsc::channel::<Job>(LANE_DEPTH);
         let ctx = self.ctx.clone();
         let cancel = self.cancel.clone();
+        let gate = self.gate.clone();
+        let queued = self.queued.clone();
         self.tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .spawn(async move {
+                let mut changes = gate.changes();
                 loop {
                     let job = tokio::select! {
                         _ = cancel.cancelled() => return,
                         job = rx.recv() => match job { Some(job) => job, None => return },
                     };
-                    let result = run_contained(&ctx, &job.message, &job.pipeline).await;
+                    // Wait while the partition's data is on its way; refuse if it moved away
+                    // or the lease is gone. Re-checked at least every 50 ms (a lease expires
+                    // without any notification).
+                    let verdict = loop {
+                        match gate.gate(partition) {
+                            GateNow::Wait => {}
+                            other => break other,
+                        }
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = changes.changed() => {}
+                            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        }
+                    };
+                    let result = match verdict {
+                        GateNow::Refuse(refused) => Err(ProcessError::Refused(refused)),
+                        _ => {
+                            let result = run_contained(&ctx, &job.message, &job.pipeline).await;
+                            // The lease may have run out while the handler ran (a long pause):
+                            // then the sender must not take it as processed by the owner.
+                            match (result, gate.gate(partition)) {
+                                (Ok(_), GateNow::Refuse(Refused::Unavailable(why))) => {
+                                    Err(Refused::Unavailable(format!("processed, but {why}")).into())
+                                }
+                                (result, _) => result.map_err(ProcessError::from),
+                            }
+                        }
+                    };
+                    gate.finished(partition);
+                    queued.fetch_sub(1, Ordering::Relaxed);
                     let _ = job.reply.send(result);
                 }
             });
@@ -232,11 +355,14 @@ mod tests {
     async fn failures_and_panics_are_contained_and_dead_lettered() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(dir.path()).unwrap();
-        let processor = Processor::new(HandlerContext {
-            node_id: "n1".into(),
-            publisher: Arc::new(NoBroker),
-            journal: journal.clone(),
-        });
+        let processor = Processor::new(
+            HandlerContext {
+                node_id: "n1".into(),
+                publisher: Arc::new(NoBroker),
+                journal: journal.clone(),
+            },
+            Arc::new(OpenGate::default()),
+        );
         let pipeline = Pipeline::new(vec![], Arc::new(Flaky));
         let message = |id: &str| Message {
             route: "r".into(),

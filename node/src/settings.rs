@@ -93,6 +93,24 @@ pub struct StartArgs {
     /// Largest accepted message payload in bytes [default: 262144].
     #[arg(long, env = "ROUTEMQ_MAX_PAYLOAD_BYTES")]
     pub max_payload_bytes: Option<usize>,
+    /// Ownership lease in milliseconds: an owner processes only while a renewal through the
+    /// Raft majority is at most this old [default: 1500].
+    #[arg(long, env = "ROUTEMQ_LEASE_MS")]
+    pub lease_ms: Option<u64>,
+    /// Milliseconds without lease renewal (and dead to gossip) after which the leader removes a
+    /// member and moves its partitions; at least the lease + 500 [default: 2500].
+    #[arg(long, env = "ROUTEMQ_FAILOVER_TIMEOUT_MS")]
+    pub failover_timeout_ms: Option<u64>,
+    /// Longest a graceful leave (SIGTERM, `routemq-ctl node leave`) waits for the handoff
+    /// before the node exits anyway, in milliseconds [default: 30000].
+    #[arg(long, env = "ROUTEMQ_LEAVE_TIMEOUT_MS")]
+    pub leave_timeout_ms: Option<u64>,
+    /// Testing only: ignore the ownership lease (shows what fencing prevents). Never in production.
+    #[arg(long, hide = true)]
+    pub unsafe_no_fencing: bool,
+    /// Testing only: new owners start without handoff (shows what handoff prevents).
+    #[arg(long, hide = true)]
+    pub unsafe_no_handoff: bool,
 }
 
 /// Log output format.
@@ -131,6 +149,9 @@ pub struct FileSettings {
     routes: Option<PathBuf>,
     mqtt: Option<String>,
     max_payload_bytes: Option<usize>,
+    lease_ms: Option<u64>,
+    failover_timeout_ms: Option<u64>,
+    leave_timeout_ms: Option<u64>,
 }
 
 /// The routes file: `[[route]]` tables.
@@ -218,6 +239,12 @@ pub struct Settings {
     pub bootstrap_routes: Vec<RouteSpec>,
     /// Largest accepted payload.
     pub max_payload_bytes: usize,
+    /// Ownership lease (and the test switches).
+    pub lease: crate::fencing::LeaseSettings,
+    /// Failover timeout (leader side).
+    pub failover_timeout: Duration,
+    /// Bound of a graceful leave.
+    pub leave_timeout: Duration,
     /// MQTT ingress, when a broker is configured.
     pub mqtt: Option<IngressSettings>,
 }
@@ -373,6 +400,30 @@ impl Settings {
                 format!("{max_payload_bytes} bytes is not in 1..=16777216"),
             ));
         }
+        let lease_ms = args.lease_ms.or(file.lease_ms).unwrap_or(1500);
+        if !(200..=60_000).contains(&lease_ms) {
+            return Err(invalid("lease", format!("{lease_ms} ms is not in 200..=60000")));
+        }
+        let failover_timeout_ms = args
+            .failover_timeout_ms
+            .or(file.failover_timeout_ms)
+            .unwrap_or(2500);
+        if failover_timeout_ms < lease_ms + 500 || failover_timeout_ms > 600_000 {
+            return Err(invalid(
+                "failover timeout",
+                format!(
+                    "{failover_timeout_ms} ms must be at least the lease ({lease_ms} ms) + 500 ms, so that a \
+                     cut-off owner has stopped before its partitions move, and at most 600000"
+                ),
+            ));
+        }
+        let leave_timeout_ms = args.leave_timeout_ms.or(file.leave_timeout_ms).unwrap_or(30_000);
+        if !(100..=3_600_000).contains(&leave_timeout_ms) {
+            return Err(invalid(
+                "leave timeout",
+                format!("{leave_timeout_ms} ms is not in 100..=3600000"),
+            ));
+        }
         let node_id_for_mqtt = node_id.clone();
         let data_dir = args
             .data_dir
@@ -400,6 +451,13 @@ impl Settings {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             bootstrap_routes,
             max_payload_bytes,
+            lease: crate::fencing::LeaseSettings {
+                lease: Duration::from_millis(lease_ms),
+                unsafe_no_fencing: args.unsafe_no_fencing,
+                unsafe_no_handoff: args.unsafe_no_handoff,
+            },
+            failover_timeout: Duration::from_millis(failover_timeout_ms),
+            leave_timeout: Duration::from_millis(leave_timeout_ms),
             mqtt: resolve_mqtt(args.mqtt.or(file.mqtt), &node_id_for_mqtt)?,
         })
     }

@@ -14,7 +14,7 @@ use routemq_proto::v1 as pb;
 use routemq_proto::v1::cluster_server::Cluster;
 use tonic::{Request, Response, Status};
 
-use crate::config::state::{ConfigError, Member};
+use crate::config::state::{ConfigError, Member, MemberState};
 use crate::config::{ConfigService, ConfigServiceError, ConfigView};
 use crate::coordinator::{is_alive, AdminError, Coordinator};
 use crate::membership::{Membership, Peer};
@@ -116,6 +116,7 @@ pub struct ClusterApi {
     config: Arc<ConfigService>,
     membership: Arc<Membership>,
     coordinator: Arc<Coordinator>,
+    leave: tokio::sync::watch::Sender<bool>,
 }
 
 impl ClusterApi {
@@ -125,12 +126,14 @@ impl ClusterApi {
         config: Arc<ConfigService>,
         membership: Arc<Membership>,
         coordinator: Arc<Coordinator>,
+        leave: tokio::sync::watch::Sender<bool>,
     ) -> Self {
         Self {
             node_id,
             config,
             membership,
             coordinator,
+            leave,
         }
     }
 
@@ -162,6 +165,11 @@ fn member_pb(member: &Member, peer: Option<&Peer>, alive: bool) -> pb::Member {
         raft_role: pb::RaftRole::None as i32,
         partitions: 0,
         generation: peer.map(|p| p.generation).unwrap_or(0),
+        ring_state: match member.state {
+            MemberState::Active => "active",
+            MemberState::Leaving => "leaving",
+        }
+        .into(),
     }
 }
 
@@ -223,6 +231,7 @@ pub fn build_status(
             } as i32,
             partitions: 0,
             generation: p.generation,
+            ring_state: String::new(),
         })
         .collect();
     let raft_leader = metrics
@@ -314,12 +323,63 @@ impl Cluster for ClusterApi {
         &self,
         request: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let request = request.into_inner();
+        let node_id = request.node_id;
+        if node_id.is_empty() {
+            return Err(ApiError::InvalidArgument("node_id is required".into()).into());
+        }
+        let epoch = if request.graceful {
+            self.coordinator.start_leave(&node_id).await
+        } else {
+            self.coordinator.remove(&node_id).await
+        }
+        .map_err(ApiError::from)?;
+        Ok(Response::new(pb::RemoveNodeResponse { epoch }))
+    }
+
+    async fn leave(&self, request: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveResponse>, Status> {
         let node_id = request.into_inner().node_id;
         if node_id.is_empty() {
             return Err(ApiError::InvalidArgument("node_id is required".into()).into());
         }
-        let epoch = self.coordinator.remove(&node_id).await.map_err(ApiError::from)?;
-        Ok(Response::new(pb::RemoveNodeResponse { epoch }))
+        let view = self.config.local_view();
+        if node_id == self.node_id {
+            tracing::info!("asked to leave the cluster");
+            self.leave.send_replace(true);
+            return Ok(Response::new(pb::LeaveResponse {
+                epoch: view.state.config.epoch,
+            }));
+        }
+        // Not us: pass it on to the node that is to leave.
+        let addr = view
+            .state
+            .config
+            .members
+            .get(&node_id)
+            .map(|m| m.grpc_addr.clone())
+            .ok_or_else(|| Status::not_found(format!("node {node_id:?} is not a member of the cluster")))?;
+        let channel =
+            crate::config::network::lazy_channel(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut client = pb::cluster_client::ClusterClient::new(channel);
+        let mut forwarded = Request::new(pb::LeaveRequest { node_id });
+        forwarded.set_timeout(std::time::Duration::from_secs(5));
+        client.leave(forwarded).await
+    }
+
+    async fn renew_lease(
+        &self,
+        request: Request<pb::RenewLeaseRequest>,
+    ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
+        let request = request.into_inner();
+        let grant = self
+            .coordinator
+            .renew_lease(&request.node_id, request.raft_id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::RenewLeaseResponse {
+            epoch: grant.epoch,
+            member: grant.member,
+        }))
     }
 
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
@@ -331,6 +391,7 @@ impl Cluster for ClusterApi {
             gossip_addr: request.gossip_addr,
             http_addr: request.http_addr,
             weight: request.weight,
+            state: Default::default(),
         };
         crate::config::state::validate_member(&joiner)
             .map_err(|e| ApiError::Admin(AdminError::Invalid(e.to_string())))?;

@@ -38,6 +38,21 @@ pub struct Member {
     pub http_addr: String,
     /// Share of partitions relative to other members (>= 1).
     pub weight: u32,
+    /// `Active` members own partitions; a `Leaving` member owns none (the ring is built
+    /// without it) but stays a member while it hands its partitions over.
+    #[serde(default)]
+    pub state: MemberState,
+}
+
+/// Where a member is in its life in the ring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberState {
+    /// Owns its share of partitions.
+    #[default]
+    Active,
+    /// Leaving gracefully: owns nothing, hands over what it held, then is removed.
+    Leaving,
 }
 
 /// A change to the cluster config, proposed through Raft.
@@ -75,6 +90,12 @@ pub enum Command {
         name: String,
         /// Compare-and-set guard.
         expected_version: Option<u64>,
+    },
+    /// Starts a graceful leave: the member stays (so the new owners can fetch its partitions
+    /// from it) but owns nothing from now on.
+    SetLeaving {
+        /// Node id of the member.
+        node_id: String,
     },
     /// Changes a member's weight.
     SetWeight {
@@ -187,12 +208,18 @@ impl ClusterConfig {
         self.members.values().find(|m| m.raft_id == raft_id)
     }
 
-    /// Builds the ring (partition table) of this config. A pure function of the config.
+    /// Builds the ring (partition table) of this config from its active members. A pure
+    /// function of the config.
     pub fn ring(&self) -> Result<Ring, RingError> {
         Ring::build(
             &self.ring,
-            self.members.values().map(|m| (m.node_id.as_str(), m.weight)),
+            self.active_members().map(|m| (m.node_id.as_str(), m.weight)),
         )
+    }
+
+    /// Members that own partitions (not leaving).
+    pub fn active_members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values().filter(|m| m.state == MemberState::Active)
     }
 
     /// The route table of this config, in matching order.
@@ -245,9 +272,13 @@ impl ClusterConfig {
                     });
                 }
                 self.check_ring_with(&member.node_id, member.weight)?;
+                let mut member = member.clone();
+                member.state = MemberState::Active;
                 let previous = self.members.insert(member.node_id.clone(), member.clone());
-                // Re-adding the same incarnation with the same weight changes no ownership.
-                if previous.as_ref().map(|p| p.weight) != Some(member.weight) {
+                // Re-adding the same active incarnation with the same weight changes no ownership.
+                if previous.as_ref().map(|p| (p.weight, p.state))
+                    != Some((member.weight, MemberState::Active))
+                {
                     self.epoch += 1;
                 }
             }
@@ -256,11 +287,31 @@ impl ClusterConfig {
                 if !self.members.contains_key(node_id) {
                     return Err(ConfigError::UnknownNode(node_id.clone()));
                 }
-                if self.members.len() == 1 {
+                let was_active = self.members.get(node_id).map(|m| m.state) == Some(MemberState::Active);
+                if was_active && self.active_members().count() == 1 {
                     return Err(ConfigError::LastMember(node_id.clone()));
                 }
                 self.members.remove(node_id);
-                self.epoch += 1;
+                // A leaving member owned nothing: removing it changes no ownership.
+                if was_active {
+                    self.epoch += 1;
+                }
+            }
+            Command::SetLeaving { node_id } => {
+                self.require_bootstrapped()?;
+                let member = self
+                    .members
+                    .get(node_id)
+                    .ok_or_else(|| ConfigError::UnknownNode(node_id.clone()))?;
+                if member.state == MemberState::Active {
+                    if self.active_members().count() == 1 {
+                        return Err(ConfigError::LastMember(node_id.clone()));
+                    }
+                    if let Some(m) = self.members.get_mut(node_id) {
+                        m.state = MemberState::Leaving;
+                    }
+                    self.epoch += 1;
+                }
             }
             Command::PutRoute {
                 spec,
@@ -306,7 +357,11 @@ impl ClusterConfig {
             Command::SetWeight { node_id, weight } => {
                 self.require_bootstrapped()?;
                 validate_weight(*weight)?;
-                if self.members.contains_key(node_id) {
+                if self
+                    .members
+                    .get(node_id)
+                    .is_some_and(|m| m.state == MemberState::Active)
+                {
                     self.check_ring_with(node_id, *weight)?;
                 }
                 let member = self
@@ -315,7 +370,9 @@ impl ClusterConfig {
                     .ok_or_else(|| ConfigError::UnknownNode(node_id.clone()))?;
                 if member.weight != *weight {
                     member.weight = *weight;
-                    self.epoch += 1;
+                    if member.state == MemberState::Active {
+                        self.epoch += 1;
+                    }
                 }
             }
         }
@@ -343,8 +400,7 @@ impl ClusterConfig {
     /// committed config always has a ring.
     fn check_ring_with(&self, node_id: &str, weight: u32) -> Result<(), ConfigError> {
         let members = self
-            .members
-            .values()
+            .active_members()
             .filter(|m| m.node_id != node_id)
             .map(|m| (m.node_id.as_str(), m.weight))
             .chain(std::iter::once((node_id, weight)));
@@ -432,6 +488,7 @@ mod tests {
             gossip_addr: format!("127.0.0.1:{}", 7100 + raft_id),
             http_addr: format!("127.0.0.1:{}", 7200 + raft_id),
             weight: 1,
+            state: MemberState::Active,
         }
     }
 
@@ -494,6 +551,37 @@ mod tests {
             config.apply_epoch(&Command::RemoveMember { node_id: "n2".into() }),
             Ok(4)
         );
+    }
+
+    #[test]
+    fn a_leaving_member_owns_nothing_and_its_removal_moves_nothing() {
+        let mut config = bootstrapped();
+        config.apply_epoch(&Command::AddMember(member("n2", 2))).unwrap();
+        let leave = Command::SetLeaving { node_id: "n2".into() };
+        assert_eq!(config.apply_epoch(&leave), Ok(3), "leaving moves ownership");
+        assert_eq!(config.apply_epoch(&leave), Ok(3), "leaving twice is a no-op");
+        let ring = config.ring().unwrap();
+        assert_eq!(
+            ring.partitions_per_node().keys().copied().collect::<Vec<_>>(),
+            ["n1"]
+        );
+        assert!(
+            config.members.contains_key("n2"),
+            "still a member while it hands over"
+        );
+        assert_eq!(
+            config.apply_epoch(&Command::SetLeaving { node_id: "n1".into() }),
+            Err(ConfigError::LastMember("n1".into())),
+            "the last active member cannot leave"
+        );
+        assert_eq!(
+            config.apply_epoch(&Command::RemoveMember { node_id: "n2".into() }),
+            Ok(3)
+        );
+        // Re-joining makes it active again.
+        config.apply_epoch(&Command::AddMember(member("n2", 2))).unwrap();
+        assert_eq!(config.epoch, 4);
+        assert_eq!(config.members["n2"].state, MemberState::Active);
     }
 
     #[test]

@@ -1,0 +1,369 @@
+//! The fence: this node's ownership slots ([`crate::ownership`]) and lease
+//! ([`crate::lease`]) behind one lock, as the processor, the dispatcher, the handoff service
+//! and the MQTT ingress see them; plus the task that renews the lease through the leader.
+//!
+//! Promise: a message of an ordered route runs here only while this node's slot for its
+//! partition lets it run (owner with the data, or draining what it admitted) and its lease is
+//! valid at the applied epoch. Everything else is refused with the reason, so the sender
+//! re-sends to the owner (`Moved`) or the client sees `Unavailable`.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use routemq_proto::v1 as pb;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::network::lazy_channel;
+use crate::config::{ConfigService, ConfigView};
+use crate::lease::{Lease, LeaseStatus};
+use crate::ownership::{Gate, Ownership, Phase, Transition};
+use crate::processor::{GateNow, PartitionGate, Refused};
+
+/// Lease timing of a node.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseSettings {
+    /// How long one renewal keeps the lease valid.
+    pub lease: Duration,
+    /// Test switch: ignore the lease (shows what fencing is for).
+    pub unsafe_no_fencing: bool,
+    /// Test switch: new owners start at once, without handoff.
+    pub unsafe_no_handoff: bool,
+}
+
+impl LeaseSettings {
+    /// How often the lease is renewed: four times per lease.
+    pub fn renew_every(&self) -> Duration {
+        self.lease / 4
+    }
+}
+
+struct State {
+    ownership: Ownership,
+    lease: Lease,
+}
+
+/// This node's fence.
+pub struct Fence {
+    node_id: String,
+    state: Mutex<State>,
+    changed: watch::Sender<u64>,
+    lease_valid: watch::Sender<bool>,
+}
+
+impl Fence {
+    /// The fence of node `node_id`, holding nothing yet.
+    pub fn new(node_id: &str, settings: &LeaseSettings) -> Self {
+        Self {
+            node_id: node_id.to_string(),
+            state: Mutex::new(State {
+                ownership: Ownership::new(node_id, settings.unsafe_no_handoff),
+                lease: Lease::new(settings.lease, settings.unsafe_no_fencing),
+            }),
+            changed: watch::channel(0).0,
+            lease_valid: watch::channel(settings.unsafe_no_fencing).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Observes an applied config (called for every change the node applies).
+    pub fn observe(&self, view: &ConfigView) {
+        let config = &view.state.config;
+        let members: BTreeSet<String> = config.members.keys().cloned().collect();
+        let transitions = self.lock().ownership.observe(config.epoch, &view.ring, &members);
+        self.report(&transitions);
+        self.refresh_lease_flag();
+        self.bump();
+    }
+
+    fn report(&self, transitions: &[Transition]) {
+        let (mut activated, mut fetching, mut draining, mut abandoned) = (0, 0, 0, 0);
+        for t in transitions {
+            match t {
+                Transition::Activated(_) => activated += 1,
+                Transition::StartedFetching(_) => fetching += 1,
+                Transition::StartedDraining(_) => draining += 1,
+                Transition::AbandonedFetch(_) => abandoned += 1,
+                Transition::DroppedAll => {
+                    tracing::warn!("no longer a member: dropped every partition this node held")
+                }
+            }
+        }
+        if activated + fetching + draining + abandoned > 0 {
+            tracing::info!(
+                activated,
+                fetching,
+                draining,
+                abandoned,
+                "partition ownership changed"
+            );
+        }
+    }
+
+    /// The leader says this node is not a member: drop everything and the lease.
+    pub fn removed(&self) {
+        let transitions = {
+            let mut state = self.lock();
+            state
+                .lease
+                .revoke("this node was removed from the cluster".into());
+            state.ownership.drop_all()
+        };
+        self.report(&transitions);
+        self.refresh_lease_flag();
+        self.bump();
+    }
+
+    /// The lease status now.
+    pub fn lease_status(&self) -> LeaseStatus {
+        let state = self.lock();
+        state.lease.status(Instant::now(), state.ownership.epoch())
+    }
+
+    /// A watch of "the lease is valid", for the MQTT ingress (which must let go of ordered
+    /// routes when it is not). Refreshed by the renewal task.
+    pub fn lease_valid(&self) -> watch::Receiver<bool> {
+        self.lease_valid.subscribe()
+    }
+
+    fn refresh_lease_flag(&self) {
+        let valid = self.lease_status() == LeaseStatus::Valid;
+        self.lease_valid
+            .send_if_modified(|v| std::mem::replace(v, valid) != valid);
+    }
+
+    /// Runs `f` on the ownership state machine (handoff service and driver).
+    pub fn with_ownership<T>(&self, f: impl FnOnce(&mut Ownership) -> T) -> T {
+        let out = f(&mut self.lock().ownership);
+        self.bump();
+        out
+    }
+
+    /// Partitions being fetched and the members to ask.
+    pub fn fetch_plan(&self) -> (Vec<u32>, Vec<String>, u64) {
+        let state = self.lock();
+        let o = &state.ownership;
+        (o.fetching(), o.peers().iter().cloned().collect(), o.epoch())
+    }
+
+    /// Counts of partitions per phase (metrics, status).
+    pub fn phase_counts(&self) -> [usize; 4] {
+        let state = self.lock();
+        let mut counts = [0; 4];
+        for slot in state.ownership.slots().values() {
+            counts[match slot.phase {
+                Phase::Active => 0,
+                Phase::Fetching => 1,
+                Phase::Draining => 2,
+                Phase::HandedOver => 3,
+            }] += 1;
+        }
+        counts
+    }
+
+    /// Whether this node holds the newest data of `partition` (it may answer journal reads).
+    pub fn readable(&self, partition: u32) -> Result<(), String> {
+        let state = self.lock();
+        match state.ownership.slot(partition).map(|s| s.phase) {
+            Some(Phase::Active) | Some(Phase::Draining) => Ok(()),
+            Some(Phase::Fetching) => Err(format!(
+                "partition {partition} is being handed over to {}; retry shortly",
+                self.node_id
+            )),
+            _ => Err(format!(
+                "{} does not hold partition {partition} at epoch {}",
+                self.node_id,
+                state.ownership.epoch()
+            )),
+        }
+    }
+
+    /// Partitions still owned or not yet handed over (a leaving node waits for 0).
+    pub fn still_held(&self) -> usize {
+        self.lock().ownership.still_held()
+    }
+
+    /// Records a granted renewal.
+    fn granted(&self, sent: Instant, epoch: u64) {
+        self.lock().lease.granted(sent, epoch);
+        self.refresh_lease_flag();
+        self.bump();
+    }
+
+    fn refused(&self, why: String) {
+        self.lock().lease.refused(why);
+        self.refresh_lease_flag();
+    }
+
+    /// Renews the lease until `cancel`: through the leader (or itself when leader). When the
+    /// leader answers that this node is not a member, drops everything and signals `removed`.
+    pub async fn renew_loop(
+        self: Arc<Self>,
+        config: Arc<ConfigService>,
+        membership: Arc<crate::membership::Membership>,
+        settings: LeaseSettings,
+        removed: watch::Sender<bool>,
+        cancel: CancellationToken,
+    ) {
+        let mut ticker = tokio::time::interval(settings.renew_every());
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut warned_at: Option<Instant> = None;
+        // Where the leader was last said to be (a node removed from Raft hears nothing from it).
+        let mut hint: Option<String> = None;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let sent = Instant::now();
+            if hint.is_none() && config.metrics().current_leader.is_none() {
+                hint = crate::node::leader_grpc_addr(&membership, config.raft_id()).await;
+            }
+            let outcome =
+                tokio::time::timeout(settings.lease / 2, renew_once(&config, &self.node_id, &mut hint)).await;
+            match outcome {
+                Ok(Ok(pb::RenewLeaseResponse { epoch, member: true })) => {
+                    self.granted(sent, epoch);
+                    if *removed.borrow() {
+                        tracing::info!("a member again");
+                        config.raft().runtime_config().elect(true);
+                        removed.send_replace(false);
+                    }
+                    if warned_at.take().is_some() {
+                        tracing::info!("ownership lease renewed again");
+                    }
+                }
+                Ok(Ok(pb::RenewLeaseResponse { epoch, member: false })) => {
+                    self.refused("not a member of the cluster".into());
+                    // Only a node that believes it is a member was removed (a joiner simply is
+                    // not one yet), and only an answer as new as our config says so (a joiner's
+                    // renewal may have been answered just before it was admitted).
+                    let (believes_member, ours) = {
+                        let state = self.lock();
+                        (state.ownership.is_member(), state.ownership.epoch())
+                    };
+                    if believes_member && epoch >= ours && !*removed.borrow() {
+                        tracing::warn!("the leader says this node is not a member: it was removed (failed over or left); dropping its partitions");
+                        self.removed();
+                        // A removed voter that still campaigns would only disturb the
+                        // majority with ever higher terms.
+                        config.raft().runtime_config().elect(false);
+                        removed.send_replace(true);
+                    }
+                }
+                Ok(Err(why)) => self.note_refusal(why, &mut warned_at),
+                Err(_) => self.note_refusal("renewal timed out".into(), &mut warned_at),
+            }
+            self.refresh_lease_flag();
+        }
+    }
+
+    fn note_refusal(&self, why: String, warned_at: &mut Option<Instant>) {
+        if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+            tracing::warn!(reason = %why, "cannot renew the ownership lease");
+            *warned_at = Some(Instant::now());
+        }
+        self.refused(why);
+    }
+}
+
+/// One renewal: on the leader, a quorum round; elsewhere, a call to the leader.
+async fn renew_once(
+    config: &ConfigService,
+    node_id: &str,
+    hint: &mut Option<String>,
+) -> Result<pb::RenewLeaseResponse, String> {
+    if config.is_leader() {
+        let view = config.linearizable_view().await.map_err(|e| e.to_string())?;
+        let member = view.state.config.member_by_raft_id(config.raft_id()).is_some();
+        return Ok(pb::RenewLeaseResponse {
+            epoch: view.state.config.epoch,
+            member,
+        });
+    }
+    let metrics = config.metrics();
+    let addr = match hint.take() {
+        Some(addr) => addr,
+        None => {
+            let leader = metrics.current_leader.ok_or("no Raft leader known")?;
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.addr.clone())
+                .ok_or("the leader's address is not known")?
+        }
+    };
+    let channel = lazy_channel(&addr).map_err(|e| e.to_string())?;
+    let mut client = pb::cluster_client::ClusterClient::new(channel);
+    match client
+        .renew_lease(pb::RenewLeaseRequest {
+            node_id: node_id.to_string(),
+            raft_id: config.raft_id(),
+        })
+        .await
+    {
+        Ok(r) => {
+            // Keep asking there while our own Raft does not know better.
+            *hint = Some(addr);
+            Ok(r.into_inner())
+        }
+        Err(s) => {
+            *hint = s
+                .metadata()
+                .get(routemq_proto::LEADER_ADDR_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .filter(|a| !a.is_empty())
+                .map(str::to_string);
+            Err(format!("leader at {addr}: {}", s.message()))
+        }
+    }
+}
+
+impl PartitionGate for Fence {
+    fn admit(&self, partition: u32) -> Result<(), Refused> {
+        let mut state = self.lock();
+        if state.ownership.admit(partition) {
+            Ok(())
+        } else {
+            Err(Refused::Moved(format!(
+                "{} does not own partition {partition} at epoch {}",
+                self.node_id,
+                state.ownership.epoch()
+            )))
+        }
+    }
+
+    fn gate(&self, partition: u32) -> GateNow {
+        let state = self.lock();
+        match state.ownership.gate(partition) {
+            Gate::Moved => GateNow::Refuse(Refused::Moved(format!(
+                "{} no longer owns partition {partition} (epoch {})",
+                self.node_id,
+                state.ownership.epoch()
+            ))),
+            gate => match state.lease.status(Instant::now(), state.ownership.epoch()) {
+                LeaseStatus::Invalid(why) => GateNow::Refuse(Refused::Unavailable(why)),
+                LeaseStatus::Valid if gate == Gate::Run => GateNow::Run,
+                LeaseStatus::Valid => GateNow::Wait,
+            },
+        }
+    }
+
+    fn finished(&self, partition: u32) {
+        self.lock().ownership.finished(partition);
+        self.bump();
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}

@@ -1,0 +1,526 @@
+//! Handoff I/O: the task that fetches partitions this node now owns, and the gRPC service
+//! that answers other nodes' fetches. What to fetch, whom to believe and when a holder may
+//! answer are decided by [`crate::ownership`]; this module moves the bytes.
+//!
+//! A fetch asks every other member (active or leaving) about a batch of partitions over
+//! `routemq.v1.Handoff/Fetch`. Each answers per partition: not a holder, not yet, or the data
+//! with its version (streamed in chunks). Once every member answered without "not yet", the
+//! newest version is imported into the journal in one durable write (replacing whatever stale
+//! copy was here) and the partition becomes active. Members that do not answer are asked
+//! again; a member removed from the config (failed over) is no longer asked.
+//!
+//! A node that was failed over and is a member again *returns* the history it held
+//! (`Handoff/Return`): the current owner puts it before its own entries, as a job in the
+//! partition's lane so it is serialized with processing. If the returning node is itself
+//! the owner again, its old history is merged into what it fetches.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use routemq_proto::v1 as pb;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::config::network::lazy_channel;
+use crate::config::ConfigService;
+use crate::fencing::Fence;
+use crate::handler::{Handled, Handler, HandlerContext, HandlerError, Message, Pipeline};
+use crate::journal::{Journal, PartitionData};
+use crate::lease::LeaseStatus;
+use crate::ownership::{decide, Answer, FetchDecision, Phase};
+use crate::processor::{ProcessError, Processor};
+
+/// Most partitions asked for in one request.
+const FETCH_BATCH: usize = 1024;
+/// Largest chunk of one partition's data, bytes (roughly).
+const CHUNK_BYTES: usize = 2 << 20;
+/// How long one fetch round may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Fetches partitions this node owns but does not hold yet, until `cancel`.
+pub async fn fetch_loop(
+    fence: Arc<Fence>,
+    config: Arc<ConfigService>,
+    journal: Journal,
+    node_id: String,
+    cancel: CancellationToken,
+) {
+    let mut changes = fence.lease_valid(); // any wake-up source; the tick does the rest
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let (partitions, peers, epoch) = fence.fetch_plan();
+        if partitions.is_empty() {
+            return_orphans(&fence, &config, &journal, &node_id).await;
+            backoff = Duration::from_millis(20);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+            }
+            continue;
+        }
+        let started = Instant::now();
+        let view = config.local_view();
+        let addrs: BTreeMap<String, Option<String>> = peers
+            .iter()
+            .map(|p| {
+                (
+                    p.clone(),
+                    view.state.config.members.get(p).map(|m| m.grpc_addr.clone()),
+                )
+            })
+            .collect();
+        let mut progressed = 0usize;
+        for batch in partitions.chunks(FETCH_BATCH) {
+            let round = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = fetch_round(&node_id, epoch, batch, &addrs) => r,
+            };
+            progressed += apply_round(&fence, &journal, batch, round).await;
+        }
+        if progressed > 0 {
+            tracing::info!(
+                partitions = progressed,
+                took = ?started.elapsed(),
+                "handoff: partitions fetched and activated"
+            );
+            backoff = Duration::from_millis(20);
+        } else {
+            backoff = (backoff * 2).min(Duration::from_millis(250));
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+    }
+}
+
+/// Answers and data of one round, per partition and member.
+struct Round {
+    answers: BTreeMap<u32, BTreeMap<String, Option<Answer>>>,
+    data: HashMap<(u32, String), PartitionData>,
+}
+
+async fn fetch_round(
+    node_id: &str,
+    epoch: u64,
+    batch: &[u32],
+    addrs: &BTreeMap<String, Option<String>>,
+) -> Round {
+    let calls = addrs.iter().map(|(peer, addr)| async move {
+        let result = match addr {
+            Some(addr) => tokio::time::timeout(FETCH_TIMEOUT, fetch_from(addr, node_id, epoch, batch))
+                .await
+                .unwrap_or_else(|_| Err("timed out".into())),
+            None => Err("no address".into()),
+        };
+        (peer.clone(), result)
+    });
+    let mut round = Round {
+        answers: batch.iter().map(|p| (*p, BTreeMap::new())).collect(),
+        data: HashMap::new(),
+    };
+    for (peer, result) in futures::future::join_all(calls).await {
+        match result {
+            Ok(per_partition) => {
+                for (p, (answer, data)) in per_partition {
+                    if let Some(answers) = round.answers.get_mut(&p) {
+                        answers.insert(peer.clone(), Some(answer));
+                        if let Some(data) = data {
+                            round.data.insert((p, peer.clone()), data);
+                        }
+                    }
+                }
+                for answers in round.answers.values_mut() {
+                    answers.entry(peer.clone()).or_insert(None);
+                }
+            }
+            Err(why) => {
+                tracing::debug!(%peer, %why, "handoff fetch failed; will ask again");
+                for answers in round.answers.values_mut() {
+                    answers.insert(peer.clone(), None);
+                }
+            }
+        }
+    }
+    round
+}
+
+type FetchReply = BTreeMap<u32, (Answer, Option<PartitionData>)>;
+
+async fn fetch_from(addr: &str, node_id: &str, epoch: u64, batch: &[u32]) -> Result<FetchReply, String> {
+    let channel = lazy_channel(addr).map_err(|e| e.to_string())?;
+    let mut client = pb::handoff_client::HandoffClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut stream = client
+        .fetch(pb::FetchRequest {
+            requester: node_id.to_string(),
+            epoch,
+            partitions: batch.to_vec(),
+        })
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    let mut out = FetchReply::new();
+    let mut partial: HashMap<u32, (u64, PartitionData)> = HashMap::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|s| s.message().to_string())?;
+        let p = chunk.partition;
+        match pb::FetchStatus::try_from(chunk.status) {
+            Ok(pb::FetchStatus::NotHolder) => {
+                out.insert(p, (Answer::NotHolder, None));
+            }
+            Ok(pb::FetchStatus::NotYet) => {
+                out.insert(p, (Answer::NotYet, None));
+            }
+            Ok(pb::FetchStatus::Data) => {
+                let entry = partial
+                    .entry(p)
+                    .or_insert_with(|| (chunk.version, PartitionData::default()));
+                entry
+                    .1
+                    .entries
+                    .extend(chunk.entries.into_iter().map(|kv| (kv.key, kv.value)));
+                entry
+                    .1
+                    .ids
+                    .extend(chunk.ids.into_iter().map(|kv| (kv.key, kv.value)));
+                if chunk.last {
+                    if let Some((version, data)) = partial.remove(&p) {
+                        out.insert(p, (Answer::Data { version }, Some(data)));
+                    }
+                }
+            }
+            _ => return Err(format!("unknown fetch status {}", chunk.status)),
+        }
+    }
+    Ok(out)
+}
+
+/// Applies one round's decisions; returns how many partitions became active.
+async fn apply_round(fence: &Arc<Fence>, journal: &Journal, batch: &[u32], mut round: Round) -> usize {
+    let mut imports = Vec::new();
+    for p in batch {
+        let Some(answers) = round.answers.get(p) else {
+            continue;
+        };
+        match decide(answers) {
+            FetchDecision::Retry => {}
+            FetchDecision::Fresh => imports.push((*p, 0, PartitionData::default())),
+            FetchDecision::Import { from, version } => match round.data.remove(&(*p, from.clone())) {
+                Some(data) => imports.push((*p, version, data)),
+                None => {
+                    tracing::warn!(partition = p, %from, "handoff data missing from the answer; asking again")
+                }
+            },
+        }
+    }
+    if imports.is_empty() {
+        return 0;
+    }
+    let fence = fence.clone();
+    let journal = journal.clone();
+    tokio::task::spawn_blocking(move || {
+        // Under the fence's lock: the slots cannot change between the check and the import;
+        // one durable write for the whole round.
+        let result = fence.with_ownership(|o| {
+            let ready: Vec<(u32, u64, &PartitionData)> = imports
+                .iter()
+                .filter(|(p, _, _)| o.slot(*p).map(|s| s.phase) == Some(Phase::Fetching))
+                .map(|(p, v, d)| (*p, *v, d))
+                .collect();
+            let parts: Vec<(u32, &PartitionData)> = ready.iter().map(|(p, _, d)| (*p, *d)).collect();
+            // Our own history of a partition we held before we were failed over goes first.
+            let orphans: Vec<u32> = o.orphans().into_iter().map(|(p, _)| p).collect();
+            tracing::debug!(
+                orphans = orphans.len(),
+                importing = parts.len(),
+                "importing fetched partitions"
+            );
+            let mut mine = Vec::new();
+            for (p, _) in &parts {
+                if orphans.contains(p) {
+                    mine.push((*p, journal.export_partition(*p)?));
+                }
+            }
+            journal.import_partitions(&parts)?;
+            for (p, older) in mine {
+                let restored = journal.merge_older(p, &older)?;
+                tracing::info!(
+                    partition = p,
+                    restored,
+                    "own history from before the failover put back"
+                );
+                o.orphan_returned(p);
+            }
+            Ok::<usize, crate::journal::JournalError>(
+                ready.iter().filter(|(p, v, _)| o.fetched(*p, *v)).count(),
+            )
+        });
+        match result {
+            Ok(activated) => activated,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot import handed-over partition data; will fetch again");
+                0
+            }
+        }
+    })
+    .await
+    .unwrap_or(0)
+}
+
+/// Most orphaned partitions given back per round.
+const RETURN_BATCH: usize = 64;
+
+/// Gives the history of partitions this node held when it was failed over back to their
+/// current owners (once it is a member with a valid lease again).
+async fn return_orphans(fence: &Arc<Fence>, config: &ConfigService, journal: &Journal, node_id: &str) {
+    let orphans = fence.with_ownership(|o| o.orphans());
+    if orphans.is_empty() || fence.lease_status() != LeaseStatus::Valid {
+        return;
+    }
+    let view = config.local_view();
+    for (p, version) in orphans.into_iter().take(RETURN_BATCH) {
+        let Some(owner) = view.ring.owner_of_partition(p).map(str::to_string) else {
+            continue;
+        };
+        if owner == node_id {
+            // Ours again: merged when the fetch imports it (or, if already active, it is ours).
+            if fence.with_ownership(|o| o.accepts_return(p)) {
+                fence.with_ownership(|o| o.orphan_returned(p));
+            }
+            continue;
+        }
+        let Some(addr) = view.state.config.members.get(&owner).map(|m| m.grpc_addr.clone()) else {
+            continue;
+        };
+        let j = journal.clone();
+        let data = match tokio::task::spawn_blocking(move || j.export_partition(p)).await {
+            Ok(Ok(data)) => data,
+            _ => continue,
+        };
+        if data.entries.is_empty() {
+            fence.with_ownership(|o| o.orphan_returned(p));
+            continue;
+        }
+        let request = pb::ReturnRequest {
+            from: node_id.to_string(),
+            partition: p,
+            version,
+            entries: data
+                .entries
+                .into_iter()
+                .map(|(key, value)| pb::KeyValue { key, value })
+                .collect(),
+            ids: data
+                .ids
+                .into_iter()
+                .map(|(key, value)| pb::KeyValue { key, value })
+                .collect(),
+        };
+        let sent = async {
+            let channel = lazy_channel(&addr).map_err(|e| e.to_string())?;
+            pb::handoff_client::HandoffClient::new(channel)
+                .max_encoding_message_size(64 << 20)
+                .r#return(request)
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| s.message().to_string())
+        };
+        match tokio::time::timeout(FETCH_TIMEOUT, sent).await {
+            Ok(Ok(answer)) => {
+                tracing::info!(partition = p, to = %owner, restored = answer.restored,
+                    "history from before the failover given back to the owner");
+                fence.with_ownership(|o| o.orphan_returned(p));
+            }
+            Ok(Err(why)) => tracing::debug!(partition = p, %why, "owner cannot take the history back yet"),
+            Err(_) => tracing::debug!(partition = p, "giving history back timed out"),
+        }
+    }
+}
+
+/// Merges returned history into a partition's journal, run in the partition's lane.
+struct MergeReturned {
+    data: PartitionData,
+}
+
+#[tonic::async_trait]
+impl Handler for MergeReturned {
+    async fn handle(&self, ctx: &HandlerContext, message: &Message) -> Result<Handled, HandlerError> {
+        let (journal, data, p) = (ctx.journal.clone(), self.data.clone(), message.partition);
+        let restored = tokio::task::spawn_blocking(move || journal.merge_older(p, &data))
+            .await
+            .map_err(|e| HandlerError::Failed(e.to_string()))?
+            .map_err(|e| HandlerError::Failed(e.to_string()))?;
+        tracing::info!(partition = p, restored, from = %message.key, "history of a failed-over node put back");
+        Ok(Handled::default())
+    }
+}
+
+/// The `routemq.v1.Handoff` service: answers other nodes' fetches from this node's journal,
+/// and takes back the history of returning nodes.
+pub struct HandoffService {
+    fence: Arc<Fence>,
+    journal: Journal,
+    processor: Arc<Processor>,
+}
+
+impl HandoffService {
+    /// The service over this node's fence, journal and processor.
+    pub fn new(fence: Arc<Fence>, journal: Journal, processor: Arc<Processor>) -> Self {
+        Self {
+            fence,
+            journal,
+            processor,
+        }
+    }
+}
+
+type ChunkStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::FetchChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::handoff_server::Handoff for HandoffService {
+    type FetchStream = ChunkStream;
+
+    async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
+        let request = request.into_inner();
+        if request.partitions.len() > 4 * FETCH_BATCH {
+            return Err(Status::invalid_argument("too many partitions in one fetch"));
+        }
+        let fence = self.fence.clone();
+        let journal = self.journal.clone();
+        let (epoch, requester) = (request.epoch, request.requester);
+        // Partitions are answered one after the other, lazily, as the asker reads the stream.
+        let stream = futures::stream::iter(request.partitions)
+            .then(move |p| answer_one(fence.clone(), journal.clone(), p, epoch, requester.clone()))
+            .flat_map(|chunks| futures::stream::iter(chunks.into_iter().map(Ok)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn r#return(
+        &self,
+        request: Request<pb::ReturnRequest>,
+    ) -> Result<Response<pb::ReturnResponse>, Status> {
+        let request = request.into_inner();
+        let p = request.partition;
+        let start = p.to_be_bytes();
+        let data = PartitionData {
+            entries: request.entries.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+            ids: request.ids.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+        };
+        if data
+            .entries
+            .iter()
+            .chain(&data.ids)
+            .any(|(k, _)| !k.starts_with(&start))
+        {
+            return Err(Status::invalid_argument(
+                "returned data holds keys of another partition",
+            ));
+        }
+        if !self.fence.with_ownership(|o| o.accepts_return(p)) {
+            return Err(Status::unavailable(format!("partition {p} is not active here")));
+        }
+        let entries = data.entries.len() as u64;
+        let message = Message {
+            route: "$return".into(),
+            topic: String::new(),
+            params: Vec::new(),
+            key: request.from,
+            partition: p,
+            payload: Vec::new(),
+            message_id: format!("$return/{}/{}", p, request.version),
+            epoch: request.version,
+        };
+        match self
+            .processor
+            .process_ordered(
+                message,
+                Pipeline::new(Vec::new(), Arc::new(MergeReturned { data })),
+            )
+            .await
+        {
+            Ok(_) => Ok(Response::new(pb::ReturnResponse { restored: entries })),
+            Err(ProcessError::Refused(r)) => Err(Status::unavailable(r.to_string())),
+            Err(ProcessError::Handler(e)) => Err(Status::internal(e.to_string())),
+        }
+    }
+}
+
+/// The chunks answering a fetch of one partition.
+async fn answer_one(
+    fence: Arc<Fence>,
+    journal: Journal,
+    p: u32,
+    epoch: u64,
+    requester: String,
+) -> Vec<pb::FetchChunk> {
+    match fence.with_ownership(|o| o.serve(p, epoch)) {
+        Answer::NotHolder => vec![status_chunk(p, pb::FetchStatus::NotHolder)],
+        Answer::NotYet => vec![status_chunk(p, pb::FetchStatus::NotYet)],
+        Answer::Data { version } => {
+            match tokio::task::spawn_blocking(move || journal.export_partition(p)).await {
+                Ok(Ok(data)) => {
+                    tracing::debug!(partition = p, to = %requester, version, entries = data.entries.len(),
+                    "handing partition over");
+                    data_chunks(p, version, data)
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(partition = p, error = %e, "cannot export partition");
+                    vec![status_chunk(p, pb::FetchStatus::NotYet)]
+                }
+                Err(_) => vec![status_chunk(p, pb::FetchStatus::NotYet)],
+            }
+        }
+    }
+}
+
+fn status_chunk(partition: u32, status: pb::FetchStatus) -> pb::FetchChunk {
+    pb::FetchChunk {
+        partition,
+        status: status as i32,
+        last: true,
+        ..Default::default()
+    }
+}
+
+fn data_chunks(partition: u32, version: u64, data: PartitionData) -> Vec<pb::FetchChunk> {
+    let mut chunks = Vec::new();
+    let mut current = pb::FetchChunk {
+        partition,
+        status: pb::FetchStatus::Data as i32,
+        version,
+        ..Default::default()
+    };
+    let mut size = 0usize;
+    let pairs = data
+        .entries
+        .into_iter()
+        .map(|kv| (true, kv))
+        .chain(data.ids.into_iter().map(|kv| (false, kv)));
+    for (is_entry, (key, value)) in pairs {
+        size += key.len() + value.len();
+        let kv = pb::KeyValue { key, value };
+        if is_entry {
+            current.entries.push(kv);
+        } else {
+            current.ids.push(kv);
+        }
+        if size >= CHUNK_BYTES {
+            chunks.push(std::mem::replace(
+                &mut current,
+                pb::FetchChunk {
+                    partition,
+                    status: pb::FetchStatus::Data as i32,
+                    version,
+                    ..Default::default()
+                },
+            ));
+            size = 0;
+        }
+    }
+    current.last = true;
+    chunks.push(current);
+    chunks
+}

@@ -1,0 +1,522 @@
+//! Ownership: which partitions this node may process right now, and the handoff of partitions
+//! (with their journal data) between nodes when the ring changes.
+//!
+//! [`Ownership`] is a plain, synchronous state machine, one slot per partition this node is
+//! involved with. It is driven by the configs this node applies ([`Ownership::observe`]), by
+//! the work the processor admits and finishes, and by handoff answers; it decides, and the
+//! callers do the I/O. `ARCHITECTURE.md` (*Ownership, handoff and fencing*) explains why each
+//! rule keeps the guarantees; in short:
+//!
+//! - A partition's data moves with it. The new owner starts in [`Phase::Fetching`]: it queues
+//!   the partition's messages (in order) and asks every other member for the partition. A
+//!   member that held it answers with its data and the last epoch it owned it (its *version*),
+//!   but only once it has finished the work it had accepted; the fetcher imports the newest
+//!   version and only then becomes [`Phase::Active`]. Nobody holding anything means a fresh
+//!   partition (or one whose holder was removed as dead: its data is gone with it).
+//! - A node that loses a partition stops admitting work for it at once ([`Phase::Draining`]),
+//!   still runs what it admitted, and hands the data over when its queue is empty. It keeps a
+//!   copy ([`Phase::HandedOver`]) so that a fetch racing with another move still finds it.
+//! - A node that finds itself removed from the config drops every slot: what it held is stale.
+//!
+//! The lease ([`crate::lease`]) is checked by the processor on top of this: a slot that may
+//! run still runs only while the lease is valid.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::ring::Ring;
+
+/// A partition number.
+pub type Partition = u32;
+
+/// Where this node stands with one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Owner at the applied epoch, with the data: processes (lease permitting).
+    Active,
+    /// Owner at the applied epoch, without the data yet: queues messages, fetches the data.
+    Fetching,
+    /// No longer the owner but holds the data: runs what it admitted, then hands it over.
+    Draining,
+    /// No longer the owner; handed the data over and keeps a copy of that version.
+    HandedOver,
+}
+
+/// One partition's slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// The phase.
+    pub phase: Phase,
+    /// Version of the data held: the last epoch at which this node was the active owner
+    /// (for `Fetching`: 0, nothing held).
+    pub version: u64,
+    /// Messages admitted and not finished yet.
+    pub pending: u32,
+}
+
+/// What the processor may do with a message of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Run it now.
+    Run,
+    /// Keep it queued: the partition's data is still on its way.
+    Wait,
+    /// Not ours: answer so that the sender re-sends to the owner.
+    Moved,
+}
+
+/// What a holder answers to a fetch of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Nothing held here.
+    NotHolder,
+    /// Ask again later (still draining, fetching itself, or behind the asker's epoch).
+    NotYet,
+    /// The data of this version follows.
+    Data {
+        /// Last epoch at which the holder owned the partition.
+        version: u64,
+    },
+}
+
+/// What a fetcher does once every member answered for a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchDecision {
+    /// Import the data of `from` (the newest version), then activate.
+    Import {
+        /// Member to take it from.
+        from: String,
+        /// Its version.
+        version: u64,
+    },
+    /// Nobody holds it: activate with what is here (nothing, for a fresh partition).
+    Fresh,
+    /// Someone is not ready (or did not answer): ask again later.
+    Retry,
+}
+
+/// A transition worth logging or counting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// Became the active owner.
+    Activated(Partition),
+    /// Became the owner; fetching the data.
+    StartedFetching(Partition),
+    /// Lost the partition; draining.
+    StartedDraining(Partition),
+    /// Lost a partition it was still fetching (queued messages go back to their senders).
+    AbandonedFetch(Partition),
+    /// Removed from the config: every slot dropped.
+    DroppedAll,
+}
+
+/// The ownership state machine of one node.
+#[derive(Debug, Clone)]
+pub struct Ownership {
+    me: String,
+    epoch: u64,
+    observed: bool,
+    member: bool,
+    others: BTreeSet<String>,
+    slots: BTreeMap<Partition, Slot>,
+    /// Partitions whose newest data this node held when it was removed (failed over): their
+    /// history goes back to the current owners once this node is a member again.
+    orphans: BTreeMap<Partition, u64>,
+    skip_handoff: bool,
+}
+
+impl Ownership {
+    /// The state of node `me` before it has observed any config. With `skip_handoff` (a test
+    /// switch that shows what handoff is for) a new owner activates at once.
+    pub fn new(me: impl Into<String>, skip_handoff: bool) -> Self {
+        Self {
+            me: me.into(),
+            epoch: 0,
+            observed: false,
+            member: false,
+            others: BTreeSet::new(),
+            slots: BTreeMap::new(),
+            orphans: BTreeMap::new(),
+            skip_handoff,
+        }
+    }
+
+    /// The epoch last observed.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The slot of `partition`, if this node is involved with it.
+    pub fn slot(&self, partition: Partition) -> Option<&Slot> {
+        self.slots.get(&partition)
+    }
+
+    /// Every slot, by partition.
+    pub fn slots(&self) -> &BTreeMap<Partition, Slot> {
+        &self.slots
+    }
+
+    /// Partitions being fetched.
+    pub fn fetching(&self) -> Vec<Partition> {
+        self.in_phase(Phase::Fetching)
+    }
+
+    /// Partitions in `phase`.
+    pub fn in_phase(&self, phase: Phase) -> Vec<Partition> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.phase == phase)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// The other members (active or leaving) a fetch must ask.
+    pub fn peers(&self) -> &BTreeSet<String> {
+        &self.others
+    }
+
+    /// True if this node is a member in the last observed config.
+    pub fn is_member(&self) -> bool {
+        self.member
+    }
+
+    /// Observes the config at `epoch`: its ring and every member (active or leaving). The
+    /// first observation after start trusts the local data for the partitions owned then.
+    pub fn observe(&mut self, epoch: u64, ring: &Ring, members: &BTreeSet<String>) -> Vec<Transition> {
+        let mut out = Vec::new();
+        let first = !self.observed;
+        self.observed = true;
+        let was_member = self.member;
+        self.member = members.contains(&self.me);
+        self.others = members.iter().filter(|m| **m != self.me).cloned().collect();
+        if epoch < self.epoch {
+            return out; // never go back (a stale snapshot of the same log cannot arrive, but be safe)
+        }
+        self.epoch = epoch;
+        if was_member && !self.member {
+            // Removed (failed over, or the end of a leave): what we hold is stale or handed over.
+            out.extend(self.drop_all());
+            return out;
+        }
+        let (nodes, owners) = ring.owners_table();
+        let my_index = nodes.iter().position(|n| *n == self.me);
+        // An empty ring (not bootstrapped) owns nothing; every slot is then "not mine".
+        let count = if owners.is_empty() {
+            self.slots.keys().next_back().map(|p| p + 1).unwrap_or(0) as usize
+        } else {
+            owners.len()
+        };
+        for p in 0..count {
+            let mine = my_index.is_some_and(|i| owners.get(p).is_some_and(|o| usize::from(*o) == i));
+            let p = p as Partition;
+            let slot = self.slots.get_mut(&p);
+            match (mine, slot) {
+                (true, None) => {
+                    let phase = if first || self.skip_handoff || self.others.is_empty() {
+                        Phase::Active
+                    } else {
+                        Phase::Fetching
+                    };
+                    let version = if phase == Phase::Active { epoch } else { 0 };
+                    self.slots.insert(
+                        p,
+                        Slot {
+                            phase,
+                            version,
+                            pending: 0,
+                        },
+                    );
+                    out.push(if phase == Phase::Active {
+                        Transition::Activated(p)
+                    } else {
+                        Transition::StartedFetching(p)
+                    });
+                }
+                (true, Some(slot)) => match slot.phase {
+                    Phase::Active => slot.version = epoch,
+                    Phase::Fetching => {}
+                    Phase::Draining => {
+                        // Back before anyone took it: our data is still the newest.
+                        slot.phase = Phase::Active;
+                        slot.version = epoch;
+                        out.push(Transition::Activated(p));
+                    }
+                    Phase::HandedOver => {
+                        // Someone may have processed it since: fetch the newest version.
+                        if self.skip_handoff {
+                            slot.phase = Phase::Active;
+                            slot.version = epoch;
+                            out.push(Transition::Activated(p));
+                        } else {
+                            slot.phase = Phase::Fetching;
+                            out.push(Transition::StartedFetching(p));
+                        }
+                    }
+                },
+                (false, None) => {}
+                (false, Some(slot)) => match slot.phase {
+                    Phase::Active => {
+                        slot.phase = Phase::Draining;
+                        out.push(Transition::StartedDraining(p));
+                    }
+                    Phase::Fetching => {
+                        if slot.version > 0 {
+                            // A copy we handed over earlier is still here; keep offering it.
+                            slot.phase = Phase::HandedOver;
+                        } else {
+                            self.slots.remove(&p);
+                        }
+                        out.push(Transition::AbandonedFetch(p));
+                    }
+                    Phase::Draining | Phase::HandedOver => {}
+                },
+            }
+        }
+        if self.skip_handoff {
+            // Without handoff a lost partition is simply dropped.
+            self.slots
+                .retain(|_, s| matches!(s.phase, Phase::Active | Phase::Fetching) || s.pending > 0);
+        }
+        out
+    }
+
+    /// This node learned (from the leader) that it is no longer a member: drop everything.
+    /// What this node held as the newest data (active or draining) becomes an orphan: its
+    /// history is given back to the owners once this node is a member again.
+    pub fn drop_all(&mut self) -> Vec<Transition> {
+        self.member = false;
+        for (p, slot) in std::mem::take(&mut self.slots) {
+            if matches!(slot.phase, Phase::Active | Phase::Draining) && !self.skip_handoff {
+                self.orphans.insert(p, slot.version);
+            }
+        }
+        vec![Transition::DroppedAll]
+    }
+
+    /// Orphaned partitions to give back (only while a member: the owners must know us).
+    pub fn orphans(&self) -> Vec<(Partition, u64)> {
+        if !self.member {
+            return Vec::new();
+        }
+        self.orphans.iter().map(|(p, v)| (*p, *v)).collect()
+    }
+
+    /// The orphan's history was merged into its owner's journal (or is not wanted).
+    pub fn orphan_returned(&mut self, partition: Partition) {
+        self.orphans.remove(&partition);
+    }
+
+    /// Whether this node may merge returned history into `partition` now: it must hold the
+    /// partition's newest data (active, or draining what it admitted).
+    pub fn accepts_return(&self, partition: Partition) -> bool {
+        matches!(
+            self.slots.get(&partition).map(|s| s.phase),
+            Some(Phase::Active) | Some(Phase::Draining)
+        )
+    }
+
+    /// Admits a message of `partition` into its queue: only the owner takes new work.
+    pub fn admit(&mut self, partition: Partition) -> bool {
+        match self.slots.get_mut(&partition) {
+            Some(slot) if matches!(slot.phase, Phase::Active | Phase::Fetching) => {
+                slot.pending += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether an admitted message of `partition` may run now.
+    pub fn gate(&self, partition: Partition) -> Gate {
+        match self.slots.get(&partition).map(|s| s.phase) {
+            Some(Phase::Active) | Some(Phase::Draining) => Gate::Run,
+            Some(Phase::Fetching) => Gate::Wait,
+            Some(Phase::HandedOver) | None => Gate::Moved,
+        }
+    }
+
+    /// An admitted message of `partition` finished (processed or given back).
+    pub fn finished(&mut self, partition: Partition) {
+        if let Some(slot) = self.slots.get_mut(&partition) {
+            slot.pending = slot.pending.saturating_sub(1);
+        }
+    }
+
+    /// Answers a fetch of `partition` by a node that owns it at `asker_epoch`. A `Data` answer
+    /// marks the slot handed over: the caller sends the data it holds now.
+    pub fn serve(&mut self, partition: Partition, asker_epoch: u64) -> Answer {
+        let Some(slot) = self.slots.get_mut(&partition) else {
+            return Answer::NotHolder;
+        };
+        match slot.phase {
+            // We own it at our epoch: the asker is ahead of us, or behind; either way not yet.
+            Phase::Active | Phase::Fetching => Answer::NotYet,
+            Phase::Draining if slot.pending > 0 || asker_epoch < self.epoch => Answer::NotYet,
+            Phase::Draining | Phase::HandedOver => {
+                slot.phase = Phase::HandedOver;
+                Answer::Data {
+                    version: slot.version,
+                }
+            }
+        }
+    }
+
+    /// The fetched data of `version` was imported: activate if still fetching. Returns false
+    /// (and changes nothing) if the partition is no longer being fetched.
+    pub fn fetched(&mut self, partition: Partition, version: u64) -> bool {
+        let epoch = self.epoch;
+        match self.slots.get_mut(&partition) {
+            Some(slot) if slot.phase == Phase::Fetching => {
+                let _ = version;
+                slot.phase = Phase::Active;
+                slot.version = epoch;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Partitions a leaving node still has to hand over (or still owns).
+    pub fn still_held(&self) -> usize {
+        self.slots
+            .values()
+            .filter(|s| matches!(s.phase, Phase::Active | Phase::Draining))
+            .count()
+    }
+}
+
+/// Decides a fetch from the answers of every member asked (`None`: no answer, e.g. the member
+/// is unreachable). The newest version wins; any `NotYet` or missing answer means retry.
+pub fn decide(answers: &BTreeMap<String, Option<Answer>>) -> FetchDecision {
+    let mut best: Option<(&str, u64)> = None;
+    for (member, answer) in answers {
+        match answer {
+            None | Some(Answer::NotYet) => return FetchDecision::Retry,
+            Some(Answer::NotHolder) => {}
+            Some(Answer::Data { version }) => {
+                if best.is_none_or(|(_, v)| *version > v) {
+                    best = Some((member.as_str(), *version));
+                }
+            }
+        }
+    }
+    match best {
+        Some((from, version)) => FetchDecision::Import {
+            from: from.to_string(),
+            version,
+        },
+        None => FetchDecision::Fresh,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::RingParams;
+
+    fn ring(members: &[&str]) -> Ring {
+        Ring::build(
+            &RingParams {
+                partitions: 64,
+                vnodes_per_weight: 64,
+            },
+            members.iter().map(|m| (*m, 1)),
+        )
+        .unwrap()
+    }
+
+    fn set(members: &[&str]) -> BTreeSet<String> {
+        members.iter().map(|m| m.to_string()).collect()
+    }
+
+    #[test]
+    fn first_observation_trusts_local_data_later_gains_fetch() {
+        let mut a = Ownership::new("a", false);
+        a.observe(3, &ring(&["a", "b"]), &set(&["a", "b"]));
+        assert!(a.fetching().is_empty());
+        let owned = a.in_phase(Phase::Active).len();
+        assert!(owned > 0);
+        a.observe(4, &ring(&["a"]), &set(&["a", "b"]));
+        assert_eq!(a.in_phase(Phase::Active).len() + a.fetching().len(), 64);
+        assert_eq!(
+            a.in_phase(Phase::Active).len(),
+            owned,
+            "only the old ones are active"
+        );
+    }
+
+    #[test]
+    fn a_lost_partition_drains_then_hands_over_once_idle() {
+        let mut a = Ownership::new("a", false);
+        a.observe(1, &ring(&["a"]), &set(&["a"]));
+        assert!(a.admit(5));
+        a.observe(2, &ring(&["a", "b"]), &set(&["a", "b"]));
+        let moved = *a.in_phase(Phase::Draining).first().unwrap();
+        assert!(a.admit(moved) == false, "no new work for a draining partition");
+        assert!(a.admit(moved.wrapping_add(0)) == false);
+        if moved == 5 {
+            assert_eq!(a.gate(5), Gate::Run, "admitted work still runs");
+            assert_eq!(a.serve(5, 2), Answer::NotYet);
+            a.finished(5);
+        }
+        assert_eq!(a.serve(moved, 2), Answer::Data { version: 1 });
+        assert_eq!(a.gate(moved), Gate::Moved);
+        assert_eq!(
+            a.serve(moved, 2),
+            Answer::Data { version: 1 },
+            "the copy stays offered"
+        );
+    }
+
+    #[test]
+    fn decide_takes_the_newest_version_and_waits_for_everyone() {
+        let answers = |list: &[(&str, Option<Answer>)]| -> BTreeMap<String, Option<Answer>> {
+            list.iter().map(|(m, a)| (m.to_string(), *a)).collect()
+        };
+        assert_eq!(
+            decide(&answers(&[
+                ("a", Some(Answer::Data { version: 3 })),
+                ("b", Some(Answer::Data { version: 5 })),
+                ("c", Some(Answer::NotHolder)),
+            ])),
+            FetchDecision::Import {
+                from: "b".into(),
+                version: 5
+            }
+        );
+        assert_eq!(
+            decide(&answers(&[("a", Some(Answer::NotHolder)), ("b", None)])),
+            FetchDecision::Retry
+        );
+        assert_eq!(
+            decide(&answers(&[("a", Some(Answer::NotHolder))])),
+            FetchDecision::Fresh
+        );
+    }
+}
+
+#[cfg(test)]
+mod orphan_tests {
+    use super::*;
+    use crate::ring::RingParams;
+
+    #[test]
+    fn a_failed_over_node_keeps_its_history_as_orphans_until_it_is_back() {
+        let params = RingParams {
+            partitions: 32,
+            vnodes_per_weight: 16,
+        };
+        let ring = |m: &[&str]| Ring::build(&params, m.iter().map(|x| (*x, 1))).unwrap();
+        let set = |m: &[&str]| m.iter().map(|x| x.to_string()).collect::<BTreeSet<_>>();
+        let mut c = Ownership::new("c", false);
+        c.observe(3, &ring(&["a", "b", "c"]), &set(&["a", "b", "c"]));
+        let held = c.in_phase(Phase::Active);
+        assert!(!held.is_empty());
+        c.drop_all();
+        assert!(c.orphans().is_empty(), "not offered while not a member");
+        c.observe(4, &ring(&["a", "b"]), &set(&["a", "b"]));
+        c.observe(5, &ring(&["a", "b", "c"]), &set(&["a", "b", "c"]));
+        let orphans: Vec<_> = c.orphans().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(orphans, held);
+        assert_eq!(c.fetching(), held);
+    }
+}
