@@ -2,7 +2,7 @@
 # Runs RouteMQ's Jepsen-style fault tests (jepsen/): 5 nodes and a Mosquitto broker, each in
 # its own network namespace on a private bridge, faults injected, every operation checked.
 #
-#   sudo scripts/jepsen.sh smoke                 # the CI smoke (~4 min): exit 1 on a regression
+#   sudo scripts/jepsen.sh smoke                 # the CI smoke (~6 min): exit 1 on a regression
 #   sudo scripts/jepsen.sh matrix                # every workload x nemesis, 60 s each (~35 min)
 #   sudo scripts/jepsen.sh test --workload register --nemesis partition-majority --time-limit 60
 #   scripts/jepsen.sh check jepsen/store/<test>/<time>   # re-check a stored run (no root needed)
@@ -10,9 +10,11 @@
 #
 # Everything after the command goes to routemq-jepsen (`scripts/jepsen.sh test --help`).
 # Results: jepsen/store/<test>/<time>/{report.html,results.json,history.jsonl,nodes/*.log}.
-# The routemq binary: with $ROUTEMQ_BIN_DIR set, the one there is used as it is; otherwise the
-# workspace is built first (the same single build as scripts/test.sh, so CI builds nothing
-# twice) and $CARGO_TARGET_DIR/debug is used.
+# Exit status: 0 no regression (known limits, listed in jepsen/src/suite.rs, may show), 1 a
+# check expected to pass failed, 2 the harness could not run a test, 130 interrupted.
+# The workspace is built first (the same single build as scripts/test.sh, so after it CI
+# builds nothing twice); the routemq binary is $ROUTEMQ_BIN_DIR/routemq when that is set,
+# else $CARGO_TARGET_DIR/debug/routemq.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 user_bin_dir="${ROUTEMQ_BIN_DIR:-}"
@@ -36,14 +38,10 @@ if [ "$cmd" != check ] && [ "$cmd" != teardown ]; then
     ensure_test_deps
     command -v iptables >/dev/null 2>&1 || apt_install iptables
 fi
-if [ "$cmd" = check ] || [ "$cmd" = teardown ] || [ -n "$user_bin_dir" ]; then
-    say "cargo build -p routemq-jepsen"
-    cargo build --locked -p routemq-jepsen
-    export ROUTEMQ_BIN_DIR="${user_bin_dir:-$CARGO_TARGET_DIR/debug}"
-else
-    build_all
-    export ROUTEMQ_BIN_DIR="$CARGO_TARGET_DIR/debug"
-fi
+# Always the one workspace build (same features as scripts/test.sh, so after it nothing is
+# rebuilt, and RocksDB is never compiled twice for a different feature set).
+build_all
+export ROUTEMQ_BIN_DIR="${user_bin_dir:-$CARGO_TARGET_DIR/debug}"
 [ "$cmd" = check ] || [ "$cmd" = teardown ] || [ -x "$ROUTEMQ_BIN_DIR/routemq" ] \
     || die "no routemq binary in $ROUTEMQ_BIN_DIR"
 # exec: Ctrl-C and SIGTERM reach the harness, which tears the network down before exiting.

@@ -5,7 +5,8 @@
 //! Owns the processes: start (bootstrap or join through seeds), kill -9, SIGSTOP/SIGCONT,
 //! wipe a data directory, wait for `/ready`, ask who the Raft leader is, and stop everything.
 //! Every start appends to the node's log (`<run>/nodes/<id>.log`) after a marker line, so a
-//! log tells the whole life of a node across restarts.
+//! log tells the whole life of a node across restarts. Nodes run from a private link to the
+//! binary named `rmqj-node` ([`private_binary`]), out of reach of clean-ups by name.
 //!
 //! Non-goals: deciding *when* to do any of this (that is the nemesis) or checking anything.
 
@@ -62,6 +63,8 @@ pub struct Cluster {
     /// Names and addresses.
     pub layout: Layout,
     spec: ClusterSpec,
+    /// The private link to the `routemq` binary the nodes run from (see [`NODE_BIN_NAME`]).
+    node_bin: PathBuf,
     nodes: BTreeMap<String, NodeProc>,
     broker: Option<Child>,
 }
@@ -80,6 +83,25 @@ pub async fn http_status(addr: &str, path: &str, within: Duration) -> Option<u16
     timeout(within, fut).await.ok().flatten()
 }
 
+/// File name the nodes run under (not `routemq`): see [`private_binary`].
+pub const NODE_BIN_NAME: &str = "rmqj-node";
+
+/// Links (or, across file systems, copies) the `routemq` binary to `<dir>/rmqj-node` and
+/// returns that path. The nodes run from it, so their process name and command line do not
+/// say `routemq`: on a shared machine, something else's clean-up by name (`pkill routemq`)
+/// must not kill the test cluster. Seen here: every node of a run SIGKILLed at once, by no one
+/// in the test, while other clusters were being started on the same machine.
+fn private_binary(bin: &std::path::Path, dir: &std::path::Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let link = dir.join(NODE_BIN_NAME);
+    let _ = std::fs::remove_file(&link);
+    if std::fs::hard_link(bin, &link).is_err() {
+        std::fs::copy(bin, &link)
+            .with_context(|| format!("cannot copy {} to {}", bin.display(), link.display()))?;
+    }
+    Ok(link)
+}
+
 impl Cluster {
     /// A cluster with no process started yet.
     pub fn new(layout: Layout, spec: ClusterSpec) -> Result<Cluster> {
@@ -92,6 +114,7 @@ impl Cluster {
         }
         std::fs::create_dir_all(&spec.data_dir)?;
         std::fs::create_dir_all(&spec.log_dir)?;
+        let node_bin = private_binary(&bin, &spec.data_dir.join("bin"))?;
         let nodes = layout
             .nodes
             .iter()
@@ -109,6 +132,7 @@ impl Cluster {
         Ok(Cluster {
             layout,
             spec,
+            node_bin,
             nodes,
             broker: None,
         })
@@ -194,7 +218,7 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(self.spec.log_dir.join(format!("{node}.log")))?;
-        let bin = self.spec.bin_dir.join("routemq");
+        let bin = self.node_bin.clone();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &layout.ns(node)])
             .arg(&bin)

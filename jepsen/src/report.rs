@@ -388,11 +388,22 @@ pre{{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:12px}} .tag{{font-
         );
     }
     html.push_str("</table>");
-    if let Some(k) = results["checks"]
-        .as_array()
-        .and_then(|a| a.iter().find_map(|c| c["known_limit"].as_str()))
-    {
-        let _ = write!(html, "<p><span class=\"tag\">known limit</span> {}</p>", esc(k));
+    // Every known limit of this test, with its reason and whether it showed in this run.
+    for c in results["checks"].as_array().into_iter().flatten() {
+        if let Some(k) = c["known_limit"].as_str() {
+            let seen = matches!(c["verdict"].as_str(), Some("fail" | "unknown"));
+            let _ = write!(
+                html,
+                "<p><span class=\"tag\">known limit</span> <b>{}</b> ({}): {}</p>",
+                esc(c["id"].as_str().unwrap_or("")),
+                if seen {
+                    "seen in this run"
+                } else {
+                    "not seen in this run"
+                },
+                esc(k)
+            );
+        }
     }
 
     html.push_str(

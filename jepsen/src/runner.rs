@@ -122,6 +122,8 @@ pub struct Outcome {
     pub workload_status: String,
     /// Operation counts.
     pub counts: history::Counts,
+    /// Wall-clock seconds the whole test took (setup to report).
+    pub elapsed_s: f64,
 }
 
 impl Outcome {
@@ -203,6 +205,7 @@ fn say(msg: &str) {
 
 /// Runs one test (needs root). Leftovers of an earlier run are removed first.
 pub async fn run_test(cfg: &TestConfig) -> Result<Outcome> {
+    let started = std::time::Instant::now();
     net::preflight()?;
     let _lock = RunLock::acquire()?;
     let leftovers = net::teardown();
@@ -239,7 +242,7 @@ pub async fn run_test(cfg: &TestConfig) -> Result<Outcome> {
         let _ = std::fs::remove_dir_all(&data_dir);
     }
     let run = result?;
-    analyse(cfg, &dir, run)
+    analyse(cfg, &dir, run, started)
 }
 
 /// What the run phases hand to the analysis.
@@ -538,7 +541,7 @@ pub fn check_history(input: &CheckInput<'_>) -> Vec<CheckResult> {
     out
 }
 
-fn analyse(cfg: &TestConfig, dir: &Path, run: Run) -> Result<Outcome> {
+fn analyse(cfg: &TestConfig, dir: &Path, run: Run, started: std::time::Instant) -> Result<Outcome> {
     say("checking");
     let ops = run.recorder.ops();
     let layout = Layout::new(cfg.nodes);
@@ -561,11 +564,7 @@ fn analyse(cfg: &TestConfig, dir: &Path, run: Run) -> Result<Outcome> {
     let checks: Vec<Judged> = results
         .into_iter()
         .map(|r| {
-            let exp = if cfg.workload_cfg.local_reads && r.id == "G1" {
-                Expectation::KnownLimit(suite::LOCAL_READS)
-            } else {
-                suite::expectation(cfg.workload, cfg.nemesis, &r.id)
-            };
+            let exp = suite::expectation(cfg.workload, cfg.nemesis, cfg.workload_cfg.local_reads, &r.id);
             Judged {
                 expected: match exp {
                     Expectation::Pass => "pass".into(),
@@ -597,6 +596,7 @@ fn analyse(cfg: &TestConfig, dir: &Path, run: Run) -> Result<Outcome> {
         checks,
         workload_status,
         counts,
+        elapsed_s: started.elapsed().as_secs_f64(),
     };
     let results = json!({
         "test": cfg.name(),
@@ -617,6 +617,7 @@ fn analyse(cfg: &TestConfig, dir: &Path, run: Run) -> Result<Outcome> {
         },
         "binary": run.binary,
         "counts": outcome.counts,
+        "elapsed_s": outcome.elapsed_s,
         "counts_by_f": counts_by_f(&ops),
         "checks": outcome.checks,
         "final_heal": run.heal,

@@ -30,10 +30,21 @@ pub fn check_panics_and_exits(dir: &Path, exits: &[Value]) -> CheckResult {
     let mut result = check_panics(dir);
     if !exits.is_empty() {
         result.verdict = Verdict::Fail;
+        // A node never sends itself SIGKILL: that comes from outside the node (the kernel's
+        // OOM killer, or another process on the machine). Still a failure, named as such.
+        let sigkill = exits
+            .iter()
+            .filter(|e| e["status"].as_str().is_some_and(|s| s.contains("SIGKILL")))
+            .count();
         result.summary = format!(
-            "{}; {} node exits not caused by the nemesis",
+            "{}; {} node exits not caused by the nemesis{}",
             result.summary,
-            exits.len()
+            exits.len(),
+            if sigkill > 0 {
+                format!(" ({sigkill} by a SIGKILL the harness did not send: OOM killer or another process on the machine?)")
+            } else {
+                String::new()
+            }
         );
     }
     result.details["exits"] = json!(exits);

@@ -25,6 +25,8 @@ pub mod wgl;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wgl_tests;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
