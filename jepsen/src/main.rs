@@ -3,7 +3,7 @@
 //! ```text
 //! routemq-jepsen test --workload register --nemesis partition-majority --time-limit 60
 //! routemq-jepsen smoke            # the CI smoke: a few tests, 40 s each; non-zero on regression
-//! routemq-jepsen matrix           # every workload x nemesis (about 40 min)
+//! routemq-jepsen matrix           # every workload x nemesis (about 30 min)
 //! routemq-jepsen check DIR        # re-run the checkers on a stored run (no root needed)
 //! routemq-jepsen teardown         # remove leftovers of a killed run
 //! ```
