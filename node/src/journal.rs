@@ -207,7 +207,7 @@ impl Journal {
     /// Everything one partition holds, for a handoff: raw key/value pairs of both column
     /// families (the format is the same on every node). Blocking.
     pub fn export_partition(&self, partition: u32) -> Result<PartitionData, JournalError> {
-        let scan = |cf: &str| -> Result<Vec<(Vec<u8>, Vec<u8>)>, JournalError> {
+        let scan = |cf: &str| -> Result<Pairs, JournalError> {
             let start = partition.to_be_bytes();
             let mut out = Vec::new();
             for item in self
@@ -326,6 +326,9 @@ impl Journal {
         Ok(restored)
     }
 }
+
+/// Raw key/value pairs of one column family.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// A partition's journal data in transit (raw pairs of the `entries` and `ids` families).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -946,14 +946,13 @@ impl Leave<'_> {
         let started = Instant::now();
         let deadline = started + self.timeout;
         self.membership.set_lifecycle(Lifecycle::Leaving).await;
-        if self
+        if !self
             .config
             .local_view()
             .state
             .config
             .members
-            .get(self.node_id)
-            .is_none()
+            .contains_key(self.node_id)
         {
             tracing::info!("not a member; nothing to hand over");
             return;

@@ -307,7 +307,7 @@ impl LoadReport {
                 best
             })
             .collect();
-        gaps.sort_by(|a, b| b.gap.cmp(&a.gap));
+        gaps.sort_by_key(|g| std::cmp::Reverse(g.gap));
         gaps
     }
 
@@ -621,7 +621,7 @@ pub async fn read_journals(
                 }
                 Err(e) if Instant::now() < deadline => {
                     attempt += 1;
-                    if attempt % ids.len() == 0 {
+                    if attempt.is_multiple_of(ids.len()) {
                         eprintln!("reading journal of {key} (retrying): {e:#}");
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
@@ -995,7 +995,7 @@ pub fn verify(report: &LoadReport, histories: &Histories, allow: Allow) -> Verdi
         }
         verdict.journal_gaps.push((partition, gap.0, gap.1));
     }
-    verdict.journal_gaps.sort_by(|a, b| b.1.cmp(&a.1));
+    verdict.journal_gaps.sort_by_key(|g| std::cmp::Reverse(g.1));
     verdict
 }
 

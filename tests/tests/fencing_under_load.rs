@@ -96,6 +96,8 @@ fn judge(
     let fenced_from = cut_unix_ms + LEASE.as_millis() as i64 + 250;
     // Per partition: the victim's last entry under an old epoch, the others' first entry
     // under the removal epoch or later.
+    // partition -> (last processing time of the cut-off node, first of another node and who)
+    #[allow(clippy::type_complexity)]
     let mut per_partition: BTreeMap<u32, (Option<i64>, Option<(i64, String)>)> = BTreeMap::new();
     let mut stale = Vec::new();
     for copies in histories.keys.values() {

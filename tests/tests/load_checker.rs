@@ -73,7 +73,7 @@ async fn load_checker_passes_a_plain_run_and_fails_doctored_ones() -> Result<()>
 
     // Reordered: two messages of one producer swapped.
     let verdict = doctored(&|e| {
-        let producer_of = |m: &str| m.rsplitn(3, ':').nth(1).map(str::to_string);
+        let producer_of = |m: &str| m.rsplit(':').nth(1).map(str::to_string);
         let first = producer_of(&e[0].message_id);
         let j = (1..e.len())
             .find(|&j| producer_of(&e[j].message_id) == first)
