@@ -12,10 +12,10 @@ ensure_test_deps
 say "cargo fmt --check"
 cargo fmt --all -- --check || die "code is not formatted: run 'cargo fmt --all'"
 
-say "cargo clippy (warnings are errors)"
-cargo clippy --locked --workspace --all-targets -- -D warnings
-
-# One build serves every stage: the integration tests run the binaries from this target dir.
+# One build serves every stage, clippy's lints included (warnings are errors); the tests run
+# the binaries of this build.
+say "clippy lints in the build (warnings are errors)"
+use_clippy_in_build
 build_all
 export ROUTEMQ_BIN_DIR
 

@@ -61,27 +61,41 @@ const MEMBERSHIP: &[NemesisKind] = &[NemesisKind::Membership, NemesisKind::Combi
 /// Measured on the node of the commit named in the README's "Fault tests (Jepsen)" table.
 pub const KNOWN_LIMITS: &[KnownLimit] = &[
     KnownLimit {
-        check: "G5",
-        workload: None,
-        nemeses: Nemeses::AnyFault,
-        reason: "no automatic failover or ownership leases yet (issue 4): a dead, paused or \
-                 cut-off owner keeps its partitions until it returns or is removed, so they \
-                 stay unavailable for the whole fault window",
-    },
-    KnownLimit {
-        check: "G2",
+        check: "G4",
         workload: Some(WorkloadKind::OrderedStream),
         nemeses: Nemeses::These(MEMBERSHIP),
-        reason: "no handoff or fencing yet (issue 4): while a node is removed and re-added, \
-                 nodes that applied different epochs each believe they own a moved partition, \
-                 so two may process it at once",
+        reason: "one copy of each partition's journal: the membership nemesis removes a node with \
+             RemoveNode (immediate, no handoff; `node leave` is the handoff path) and wipes its \
+             data directory, so what it alone held is gone (replication is a later issue)",
+    },
+    KnownLimit {
+        check: "G3",
+        workload: Some(WorkloadKind::OrderedStream),
+        nemeses: Nemeses::These(&[NemesisKind::PauseOne, NemesisKind::Combined]),
+        reason: "seen in the matrix of 2026-11-23 (6 and 60 entries): after an owner is paused \
+                 past the failover timeout, an older message of a producer appears after newer \
+                 ones in the key's journal (k13: producer 11 seq 18 at offset 265 after seq 48 \
+                 at 228), i.e. appended late rather than put back before; not yet explained \
+                 (suspects: a journal append the paused owner made before its post-handler \
+                 lease check, an MQTT redelivery after the session moved)",
     },
     KnownLimit {
         check: "G4",
         workload: Some(WorkloadKind::OrderedStream),
-        nemeses: Nemeses::These(MEMBERSHIP),
-        reason: "no handoff yet (issue 4): a removed node's journal goes with its wiped data \
-                 directory, and messages it acknowledged are not passed to the new owner",
+        nemeses: Nemeses::These(&[NemesisKind::PartitionMajority]),
+        reason: "seen in the matrix of 2026-11-23 (3274 of 8692 lost): with two nodes cut off \
+                 and failed over, the history they held had not come back to the owners by \
+                 the end of the final reads; not yet explained (the kill and pause tests give \
+                 history back on return)",
+    },
+    KnownLimit {
+        check: "G5",
+        workload: Some(WorkloadKind::OrderedStream),
+        nemeses: Nemeses::These(&[NemesisKind::PartitionRing, NemesisKind::PartitionBridge]),
+        reason: "seen in the matrix of 2026-11-23 (windows up to 16 s against 10 s): under \
+                 partitions where no node is cut off from every other, nodes that still see \
+                 each other through gossip are not failed over and their partitions wait for \
+                 the heal; not yet analysed",
     },
 ];
 
@@ -110,8 +124,8 @@ pub struct Entry {
 }
 
 /// The CI smoke: the config register with the Raft leader cut off (G1 must pass), and the
-/// ordered stream under an isolated node, a killed node and a paused node (G2-G4 and panics
-/// must pass; G5 shows its known limit).
+/// ordered stream under an isolated node, a killed node and a paused node (G2-G5 and panics
+/// must pass).
 pub fn smoke() -> Vec<Entry> {
     use NemesisKind::*;
     use WorkloadKind::*;
@@ -156,19 +170,27 @@ mod tests {
         use NemesisKind::*;
         use WorkloadKind::*;
         assert!(matches!(
+            expectation(OrderedStream, Membership, false, "G4"),
+            Expectation::KnownLimit(_)
+        ));
+        assert_eq!(
             expectation(OrderedStream, KillOne, false, "G5"),
-            Expectation::KnownLimit(_)
-        ));
-        assert!(matches!(
+            Expectation::Pass
+        );
+        assert_eq!(
             expectation(OrderedStream, Membership, false, "G2"),
-            Expectation::KnownLimit(_)
-        ));
+            Expectation::Pass
+        );
         assert_eq!(
             expectation(OrderedStream, KillOne, false, "G2"),
             Expectation::Pass
         );
         assert_eq!(
-            expectation(OrderedStream, PauseOne, false, "G3"),
+            expectation(OrderedStream, PauseOne, false, "G4"),
+            Expectation::Pass
+        );
+        assert_eq!(
+            expectation(OrderedStream, KillOne, false, "G3"),
             Expectation::Pass
         );
         // The config register is linearizable under every nemesis: never a known limit.

@@ -39,6 +39,26 @@ impl LeaseSettings {
     }
 }
 
+/// Where the version of every copy this node activates is recorded, beside the data, so that
+/// after a restart the node knows which copies it holds and how new they are.
+pub trait CopyRecorder: Send + Sync {
+    /// Records `(partition, version)` pairs durably.
+    fn record(&self, versions: &[(u32, u64)]) -> Result<(), String>;
+    /// Forgets every record: the node left gracefully and each new owner confirmed its copy,
+    /// so after a restart nothing here is to be offered or given back.
+    fn forget_all(&self) -> Result<(), String>;
+}
+
+impl CopyRecorder for crate::journal::Journal {
+    fn record(&self, versions: &[(u32, u64)]) -> Result<(), String> {
+        self.record_held(versions).map_err(|e| e.to_string())
+    }
+
+    fn forget_all(&self) -> Result<(), String> {
+        self.forget_held().map_err(|e| e.to_string())
+    }
+}
+
 struct State {
     ownership: Ownership,
     lease: Lease,
@@ -47,16 +67,19 @@ struct State {
 /// This node's fence.
 pub struct Fence {
     node_id: String,
+    recorder: Arc<dyn CopyRecorder>,
     state: Mutex<State>,
     changed: watch::Sender<u64>,
     lease_valid: watch::Sender<bool>,
 }
 
 impl Fence {
-    /// The fence of node `node_id`, holding nothing yet.
-    pub fn new(node_id: &str, settings: &LeaseSettings) -> Self {
+    /// The fence of node `node_id`, holding nothing yet; activations are recorded in
+    /// `recorder`.
+    pub fn new(node_id: &str, settings: &LeaseSettings, recorder: Arc<dyn CopyRecorder>) -> Self {
         Self {
             node_id: node_id.to_string(),
+            recorder,
             state: Mutex::new(State {
                 ownership: Ownership::new(node_id, settings.unsafe_no_handoff),
                 lease: Lease::new(settings.lease, settings.unsafe_no_fencing),
@@ -74,11 +97,33 @@ impl Fence {
         self.changed.send_modify(|v| *v += 1);
     }
 
+    /// The copies found on disk at start (before the first observation).
+    pub fn restore(&self, held: std::collections::BTreeMap<u32, u64>) {
+        self.lock().ownership.restore(held);
+    }
+
     /// Observes an applied config (called for every change the node applies).
     pub fn observe(&self, view: &ConfigView) {
         let config = &view.state.config;
         let members: BTreeSet<String> = config.members.keys().cloned().collect();
-        let transitions = self.lock().ownership.observe(config.epoch, &view.ring, &members);
+        let transitions = {
+            let mut state = self.lock();
+            let transitions = state.ownership.observe(config.epoch, &view.ring, &members);
+            // Recorded before the lock is released: nothing runs in a partition whose copy's
+            // version is not on disk yet.
+            let activated: Vec<(u32, u64)> = transitions
+                .iter()
+                .filter_map(|t| match t {
+                    Transition::Activated(p) => Some((*p, config.epoch)),
+                    _ => None,
+                })
+                .collect();
+            if let Err(e) = self.recorder.record(&activated) {
+                tracing::error!(error = %e, partitions = activated.len(),
+                    "cannot record the versions of activated partitions; after a restart their data may be taken for stale");
+            }
+            transitions
+        };
         self.report(&transitions);
         self.refresh_lease_flag();
         self.bump();
@@ -186,9 +231,42 @@ impl Fence {
         }
     }
 
-    /// Partitions still owned or not yet handed over (a leaving node waits for 0).
+    /// Partitions still owned or not yet confirmed by their new owners (a leaving node waits
+    /// for 0).
     pub fn still_held(&self) -> usize {
         self.lock().ownership.still_held()
+    }
+
+    /// The leave ended with every copy confirmed by its new owner: forget the copies on disk.
+    pub fn left(&self) {
+        if let Err(e) = self.recorder.forget_all() {
+            tracing::warn!(error = %e, "cannot clear the held-copy records; a restart will give the copies back needlessly");
+        }
+    }
+
+    /// Handed-over partitions whose new owner has not confirmed yet, and the epoch.
+    pub fn unconfirmed(&self) -> (Vec<u32>, u64) {
+        let state = self.lock();
+        (state.ownership.unconfirmed(), state.ownership.epoch())
+    }
+
+    /// The owner confirmed it is active with these partitions.
+    pub fn confirm(&self, partitions: &[u32]) {
+        let mut state = self.lock();
+        for p in partitions {
+            state.ownership.confirm(*p);
+        }
+    }
+
+    /// Which of `partitions` this node is the active owner of, and at which epoch.
+    pub fn active_of(&self, partitions: &[u32]) -> (Vec<u32>, u64) {
+        let state = self.lock();
+        let active = partitions
+            .iter()
+            .copied()
+            .filter(|p| state.ownership.is_active(*p))
+            .collect();
+        (active, state.ownership.epoch())
     }
 
     /// Records a granted renewal.

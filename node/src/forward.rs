@@ -279,12 +279,15 @@ pub trait ForwardTarget: Send + Sync + 'static {
 /// gRPC `routemq.v1.Forward` server.
 pub struct ForwardService<T> {
     target: Arc<T>,
+    stop: CancellationToken,
 }
 
 impl<T> ForwardService<T> {
-    /// Serves forwarded messages into `target`.
-    pub fn new(target: Arc<T>) -> Self {
-        Self { target }
+    /// Serves forwarded messages into `target`; open streams end (after answering what they
+    /// accepted) when `stop` is cancelled, so that they do not hold the server's graceful
+    /// shutdown open while the peers that opened them keep running.
+    pub fn new(target: Arc<T>, stop: CancellationToken) -> Self {
+        Self { target, stop }
     }
 }
 
@@ -299,13 +302,15 @@ impl<T: ForwardTarget> pb::forward_server::Forward for ForwardService<T> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let target = self.target.clone();
-        // This task's lifetime is the stream's: it ends when the sender closes the stream or the
-        // server drops the response (shutdown).
+        let stop = self.stop.clone();
+        // This task's lifetime is the stream's: it ends when the sender closes the stream, the
+        // server drops the response, or the node stops.
         tokio::spawn(async move {
             let mut acks: FuturesOrdered<futures::future::BoxFuture<'static, pb::ForwardAck>> =
                 FuturesOrdered::new();
             loop {
                 tokio::select! {
+                    _ = stop.cancelled() => break,
                     batch = inbound.message(), if acks.len() < 64 => match batch {
                         Ok(Some(batch)) => {
                             // Enqueue every message now, in order; await the results later.

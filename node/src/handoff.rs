@@ -29,7 +29,7 @@ use crate::fencing::Fence;
 use crate::handler::{Handled, Handler, HandlerContext, HandlerError, Message, Pipeline};
 use crate::journal::{Journal, PartitionData};
 use crate::lease::LeaseStatus;
-use crate::ownership::{decide, Answer, FetchDecision, Phase};
+use crate::ownership::{Answer, FetchDecision, Phase};
 use crate::processor::{ProcessError, Processor};
 
 /// Most partitions asked for in one request.
@@ -201,22 +201,33 @@ async fn fetch_from(addr: &str, node_id: &str, epoch: u64, batch: &[u32]) -> Res
 /// Applies one round's decisions; returns how many partitions became active.
 async fn apply_round(fence: &Arc<Fence>, journal: &Journal, batch: &[u32], mut round: Round) -> usize {
     let mut imports = Vec::new();
-    for p in batch {
-        let Some(answers) = round.answers.get(p) else {
-            continue;
-        };
-        match decide(answers) {
+    let mut keep = Vec::new();
+    // One look at the slots for the whole round (each `with_ownership` locks and wakes watchers).
+    let decisions: Vec<(u32, FetchDecision)> = fence.with_ownership(|o| {
+        batch
+            .iter()
+            .filter_map(|p| {
+                round
+                    .answers
+                    .get(p)
+                    .map(|answers| (*p, o.decide_fetch(*p, answers)))
+            })
+            .collect()
+    });
+    for (p, decision) in decisions {
+        match decision {
             FetchDecision::Retry => {}
-            FetchDecision::Fresh => imports.push((*p, 0, PartitionData::default())),
-            FetchDecision::Import { from, version } => match round.data.remove(&(*p, from.clone())) {
-                Some(data) => imports.push((*p, version, data)),
+            FetchDecision::KeepOwn { .. } => keep.push(p),
+            FetchDecision::Fresh => imports.push((p, 0, PartitionData::default())),
+            FetchDecision::Import { from, version } => match round.data.remove(&(p, from.clone())) {
+                Some(data) => imports.push((p, version, data)),
                 None => {
                     tracing::warn!(partition = p, %from, "handoff data missing from the answer; asking again")
                 }
             },
         }
     }
-    if imports.is_empty() {
+    if imports.is_empty() && keep.is_empty() {
         return 0;
     }
     let fence = fence.clone();
@@ -225,11 +236,15 @@ async fn apply_round(fence: &Arc<Fence>, journal: &Journal, batch: &[u32], mut r
         // Under the fence's lock: the slots cannot change between the check and the import;
         // one durable write for the whole round.
         let result = fence.with_ownership(|o| {
+            let fetching = |p: &u32| o.slot(*p).map(|s| s.phase) == Some(Phase::Fetching);
             let ready: Vec<(u32, u64, &PartitionData)> = imports
                 .iter()
-                .filter(|(p, _, _)| o.slot(*p).map(|s| s.phase) == Some(Phase::Fetching))
+                .filter(|(p, _, _)| fetching(p))
                 .map(|(p, v, d)| (*p, *v, d))
                 .collect();
+            let kept: Vec<u32> = keep.iter().copied().filter(fetching).collect();
+            // The copy's new version: this activation's epoch, recorded with the data.
+            let epoch = o.epoch();
             let parts: Vec<(u32, &PartitionData)> = ready.iter().map(|(p, _, d)| (*p, *d)).collect();
             // Our own history of a partition we held before we were failed over goes first.
             let orphans: Vec<u32> = o.orphans().into_iter().map(|(p, _)| p).collect();
@@ -241,10 +256,16 @@ async fn apply_round(fence: &Arc<Fence>, journal: &Journal, batch: &[u32], mut r
             let mut mine = Vec::new();
             for (p, _) in &parts {
                 if orphans.contains(p) {
-                    mine.push((*p, journal.export_partition(*p)?));
+                    let older = journal.export_partition(*p)?;
+                    if older.entries.is_empty() {
+                        o.orphan_returned(*p);
+                    } else {
+                        mine.push((*p, older));
+                    }
                 }
             }
-            journal.import_partitions(&parts)?;
+            journal.import_partitions(&parts, epoch)?;
+            journal.record_held(&kept.iter().map(|p| (*p, epoch)).collect::<Vec<_>>())?;
             for (p, older) in mine {
                 let restored = journal.merge_older(p, &older)?;
                 tracing::info!(
@@ -254,9 +275,8 @@ async fn apply_round(fence: &Arc<Fence>, journal: &Journal, batch: &[u32], mut r
                 );
                 o.orphan_returned(p);
             }
-            Ok::<usize, crate::journal::JournalError>(
-                ready.iter().filter(|(p, v, _)| o.fetched(*p, *v)).count(),
-            )
+            let activated = ready.iter().map(|(p, _, _)| *p).chain(kept);
+            Ok::<usize, crate::journal::JournalError>(activated.filter(|p| o.fetched(*p)).count())
         });
         match result {
             Ok(activated) => activated,
@@ -446,6 +466,67 @@ impl pb::handoff_server::Handoff for HandoffService {
             Err(ProcessError::Handler(e)) => Err(Status::internal(e.to_string())),
         }
     }
+
+    async fn active_of(
+        &self,
+        request: Request<pb::ActiveOfRequest>,
+    ) -> Result<Response<pb::ActiveOfResponse>, Status> {
+        let request = request.into_inner();
+        if request.partitions.len() > 4 * FETCH_BATCH {
+            return Err(Status::invalid_argument("too many partitions in one request"));
+        }
+        let (active, epoch) = self.fence.active_of(&request.partitions);
+        Ok(Response::new(pb::ActiveOfResponse { active, epoch }))
+    }
+}
+
+/// A leaving node asks the owners of the partitions it handed over whether they are active
+/// with them, and marks those that are as confirmed. Returns how many were confirmed.
+pub async fn confirm_handed_over(fence: &Fence, config: &ConfigService) -> usize {
+    let (unconfirmed, epoch) = fence.unconfirmed();
+    if unconfirmed.is_empty() {
+        return 0;
+    }
+    let view = config.local_view();
+    let mut by_owner: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for p in unconfirmed {
+        if let Some(owner) = view.ring.owner_of_partition(p) {
+            by_owner.entry(owner.to_string()).or_default().push(p);
+        }
+    }
+    let calls = by_owner.into_iter().filter_map(|(owner, partitions)| {
+        let addr = view.state.config.members.get(&owner)?.grpc_addr.clone();
+        Some(async move {
+            let mut confirmed = Vec::new();
+            for chunk in partitions.chunks(4 * FETCH_BATCH) {
+                let asked = async {
+                    let channel = lazy_channel(&addr).map_err(|e| e.to_string())?;
+                    pb::handoff_client::HandoffClient::new(channel)
+                        .active_of(pb::ActiveOfRequest {
+                            partitions: chunk.to_vec(),
+                        })
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(|s| s.message().to_string())
+                };
+                match tokio::time::timeout(FETCH_TIMEOUT, asked).await {
+                    // An owner behind our epoch may still lose the partition: ask again later.
+                    Ok(Ok(answer)) if answer.epoch >= epoch => confirmed.extend(answer.active),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(why)) => tracing::debug!(%owner, %why, "cannot ask the owner; will ask again"),
+                    Err(_) => tracing::debug!(%owner, "asking the owner timed out; will ask again"),
+                }
+            }
+            confirmed
+        })
+    });
+    let confirmed: Vec<u32> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    fence.confirm(&confirmed);
+    confirmed.len()
 }
 
 /// The chunks answering a fetch of one partition.

@@ -8,7 +8,13 @@
 //! ```text
 //! entries: [partition u32][len u16][route][len u16][key][offset u64]  -> JournalRecord (JSON)
 //! ids:     [partition u32][len u16][route][len u16][key][message id]  -> offset u64
+//! held:    [partition u32]                                          -> version u64
 //! ```
+//!
+//! `held` records, per partition whose data this node activated, the epoch of that
+//! activation (the copy's version): written in the same durable batch as an import, or on its
+//! own when a partition activates with what is here. After a restart it tells the ownership
+//! machine which copies it holds and how new they are.
 //!
 //! Promises: offsets per (route, key) start at 0 and grow by one without gaps; an append is
 //! durable (WAL fsync) before it returns; appending a message id already in the journal returns
@@ -24,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 const CF_ENTRIES: &str = "entries";
 const CF_IDS: &str = "ids";
+const CF_HELD: &str = "held";
 
 /// One journal entry as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,12 +103,20 @@ impl Journal {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        let cfs = [CF_ENTRIES, CF_IDS]
+        let cfs = [CF_ENTRIES, CF_IDS, CF_HELD]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         Ok(Self {
             db: Arc::new(DB::open_cf_descriptors(&options, dir, cfs)?),
         })
+    }
+
+    /// Writes `batch` atomically, the WAL synced before it returns.
+    fn write_durably(&self, batch: WriteBatch) -> Result<(), JournalError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        Ok(())
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, JournalError> {
@@ -164,9 +179,7 @@ impl Journal {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_ENTRIES)?, entry_key, value);
         batch.put_cf(self.cf(CF_IDS)?, id_key, offset.to_be_bytes());
-        let mut options = WriteOptions::default();
-        options.set_sync(true);
-        self.db.write_opt(batch, &options)?;
+        self.write_durably(batch)?;
         Ok(Appended {
             offset,
             duplicate: false,
@@ -204,6 +217,44 @@ impl Journal {
         Ok((out, true))
     }
 
+    /// Records the versions of copies activated with what is here (no import), durably.
+    /// Blocking.
+    pub fn record_held(&self, versions: &[(u32, u64)]) -> Result<(), JournalError> {
+        if versions.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        let held = self.cf(CF_HELD)?;
+        for (partition, version) in versions {
+            batch.put_cf(held, partition.to_be_bytes(), version.to_be_bytes());
+        }
+        self.write_durably(batch)?;
+        Ok(())
+    }
+
+    /// Forgets every held-copy record (the data stays, claimed by nobody). Blocking.
+    pub fn forget_held(&self) -> Result<(), JournalError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.cf(CF_HELD)?, &[0u8; 4][..], &[0xffu8; 5][..]);
+        self.write_durably(batch)?;
+        Ok(())
+    }
+
+    /// The copies this node holds: partition → version, as recorded. Blocking.
+    pub fn held(&self) -> Result<std::collections::BTreeMap<u32, u64>, JournalError> {
+        let mut out = std::collections::BTreeMap::new();
+        for item in self.db.iterator_cf(self.cf(CF_HELD)?, IteratorMode::Start) {
+            let (k, v) = item?;
+            let (Ok(p), Ok(version)) = (<[u8; 4]>::try_from(&k[..]), <[u8; 8]>::try_from(&v[..])) else {
+                return Err(JournalError::Corrupt(
+                    "a held-copy record has the wrong size".into(),
+                ));
+            };
+            out.insert(u32::from_be_bytes(p), u64::from_be_bytes(version));
+        }
+        Ok(out)
+    }
+
     /// Everything one partition holds, for a handoff: raw key/value pairs of both column
     /// families (the format is the same on every node). Blocking.
     pub fn export_partition(&self, partition: u32) -> Result<PartitionData, JournalError> {
@@ -229,15 +280,27 @@ impl Journal {
     }
 
     /// Replaces everything this node holds of `partition` with `data` (from a handoff), in one
-    /// durable write. Keys outside the partition are refused. Blocking.
-    pub fn import_partition(&self, partition: u32, data: &PartitionData) -> Result<(), JournalError> {
-        self.import_partitions(&[(partition, data)])
+    /// durable write, and records the copy's `version`. Keys outside the partition are
+    /// refused. Blocking.
+    pub fn import_partition(
+        &self,
+        partition: u32,
+        data: &PartitionData,
+        version: u64,
+    ) -> Result<(), JournalError> {
+        self.import_partitions(&[(partition, data)], version)
     }
 
     /// [`Journal::import_partition`] for many partitions in one durable write (one fsync).
-    pub fn import_partitions(&self, parts: &[(u32, &PartitionData)]) -> Result<(), JournalError> {
+    pub fn import_partitions(
+        &self,
+        parts: &[(u32, &PartitionData)],
+        version: u64,
+    ) -> Result<(), JournalError> {
         let mut batch = WriteBatch::default();
+        let held = self.cf(CF_HELD)?;
         for (partition, data) in parts {
+            batch.put_cf(held, partition.to_be_bytes(), version.to_be_bytes());
             let start = partition.to_be_bytes();
             let end = partition
                 .checked_add(1)
@@ -256,9 +319,7 @@ impl Journal {
                 }
             }
         }
-        let mut options = WriteOptions::default();
-        options.set_sync(true);
-        self.db.write_opt(batch, &options)?;
+        self.write_durably(batch)?;
         Ok(())
     }
 
@@ -320,9 +381,7 @@ impl Journal {
                 batch.put_cf(ids_cf, id_key, (offset as u64).to_be_bytes());
             }
         }
-        let mut options = WriteOptions::default();
-        options.set_sync(true);
-        self.db.write_opt(batch, &options)?;
+        self.write_durably(batch)?;
         Ok(restored)
     }
 }
@@ -407,7 +466,7 @@ mod tests {
         b.append("r", "x", record("kept", 6)).unwrap();
         let data = a.export_partition(7).unwrap();
         assert_eq!((data.entries.len(), data.ids.len()), (2, 2));
-        b.import_partition(7, &data).unwrap();
+        b.import_partition(7, &data, 4).unwrap();
         let (entries, _) = b.read(7, "r", "k", 0, 10).unwrap();
         let ids: Vec<_> = entries.iter().map(|e| e.message_id.as_str()).collect();
         assert_eq!(ids, ["m1", "m2"], "the stale entry is gone, the history is whole");
@@ -423,7 +482,27 @@ mod tests {
         );
         let mut foreign = data.clone();
         foreign.entries[0].0[3] ^= 1;
-        assert!(b.import_partition(7, &foreign).is_err());
+        assert!(b.import_partition(7, &foreign, 5).is_err());
+        assert_eq!(
+            b.held().unwrap(),
+            [(7, 4)].into(),
+            "the failed import recorded nothing"
+        );
+    }
+
+    #[test]
+    fn held_copy_versions_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let journal = Journal::open(dir.path()).unwrap();
+            assert!(journal.held().unwrap().is_empty());
+            journal.record_held(&[(3, 2), (9, 2)]).unwrap();
+            journal.import_partition(3, &PartitionData::default(), 5).unwrap();
+        }
+        let journal = Journal::open(dir.path()).unwrap();
+        assert_eq!(journal.held().unwrap(), [(3, 5), (9, 2)].into());
+        journal.forget_held().unwrap();
+        assert!(journal.held().unwrap().is_empty());
     }
 
     #[test]

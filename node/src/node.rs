@@ -234,16 +234,23 @@ pub async fn run_with(
         membership.clone(),
         settings.failover_timeout,
     ));
-    let fence = Arc::new(Fence::new(&settings.node_id, &settings.lease));
-    // The first observation is of the state found on disk: partitions owned then are trusted.
-    fence.observe(&config.local_view());
-
     // The message path: journal, processor, forwarder, dispatcher.
     let journal_dir = data_dir.path().join("journal");
-    let journal = Journal::open(&journal_dir).map_err(|e| NodeError::Storage {
+    let storage_error = |e: crate::journal::JournalError| NodeError::Storage {
         path: journal_dir.display().to_string(),
         message: e.to_string(),
-    })?;
+    };
+    let journal = Journal::open(&journal_dir).map_err(storage_error)?;
+    let fence = Arc::new(Fence::new(
+        &settings.node_id,
+        &settings.lease,
+        Arc::new(journal.clone()),
+    ));
+    // The copies on disk: owned ones are fetched again (the own copy counting as an answer),
+    // the others offered to their owners. See ownership.rs.
+    fence.restore(journal.held().map_err(storage_error)?);
+    fence.observe(&config.local_view());
+
     let mqtt_publisher = settings
         .mqtt
         .as_ref()
@@ -275,6 +282,8 @@ pub async fn run_with(
     ));
     let cancel = CancellationToken::new();
     let mut tasks: JoinSet<Result<(), NodeError>> = JoinSet::new();
+    // Names of the tasks, to say which ones do not stop in time at shutdown.
+    let mut spawned: Vec<(&str, tokio::task::AbortHandle)> = Vec::new();
     let (readiness_tx, readiness_rx) = watch::channel(Readiness {
         reason: "starting".into(),
         ..Default::default()
@@ -284,35 +293,44 @@ pub async fn run_with(
     let (removed_tx, mut removed_rx) = watch::channel(false);
     {
         let (fence, config, cancel) = (fence.clone(), config.clone(), cancel.clone());
-        tasks.spawn(async move {
-            let mut applied = config.subscribe();
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return Ok(()),
-                    changed = applied.changed() => if changed.is_err() { return Ok(()) },
+        spawned.push((
+            "ownership observer",
+            tasks.spawn(async move {
+                let mut applied = config.subscribe();
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        changed = applied.changed() => if changed.is_err() { return Ok(()) },
+                    }
+                    fence.observe(&config.local_view());
                 }
-                fence.observe(&config.local_view());
-            }
-        });
+            }),
+        ));
     }
     {
         let (fence, config, cancel) = (fence.clone(), config.clone(), cancel.clone());
         let membership_for_lease = membership.clone();
         let lease = settings.lease;
-        tasks.spawn(async move {
-            fence
-                .renew_loop(config, membership_for_lease, lease, removed_tx, cancel)
-                .await;
-            Ok(())
-        });
+        spawned.push((
+            "lease renewal",
+            tasks.spawn(async move {
+                fence
+                    .renew_loop(config, membership_for_lease, lease, removed_tx, cancel)
+                    .await;
+                Ok(())
+            }),
+        ));
     }
     {
         let (fence, config, cancel) = (fence.clone(), config.clone(), cancel.clone());
         let (journal, node_id) = (handler_ctx_journal.clone(), settings.node_id.clone());
-        tasks.spawn(async move {
-            crate::handoff::fetch_loop(fence, config, journal, node_id, cancel).await;
-            Ok(())
-        });
+        spawned.push((
+            "handoff fetch",
+            tasks.spawn(async move {
+                crate::handoff::fetch_loop(fence, config, journal, node_id, cancel).await;
+                Ok(())
+            }),
+        ));
     }
 
     // MQTT: a publisher for `republish`, and the ingress following the routes and ring.
@@ -324,31 +342,34 @@ pub async fn run_with(
         let node_id = settings.node_id.clone();
         let cancel = cancel.clone();
         let mut lease_valid = fence.lease_valid();
-        tasks.spawn(async move {
-            let mut applied = config.subscribe();
-            loop {
-                let view = config.local_view();
-                let mut plan = ingress_plan(&view, &node_id);
-                if !*lease_valid.borrow_and_update() {
-                    // Cut off from the majority: let go of ordered routes so that the
-                    // majority's holder can take over the broker session.
-                    plan.ordered_held.clear();
+        spawned.push((
+            "readiness/metrics loop",
+            tasks.spawn(async move {
+                let mut applied = config.subscribe();
+                loop {
+                    let view = config.local_view();
+                    let mut plan = ingress_plan(&view, &node_id);
+                    if !*lease_valid.borrow_and_update() {
+                        // Cut off from the majority: let go of ordered routes so that the
+                        // majority's holder can take over the broker session.
+                        plan.ordered_held.clear();
+                    }
+                    if **plan_tx.borrow() != plan {
+                        tracing::info!(
+                            shared = plan.shared.len(),
+                            ordered_held = plan.ordered_held.len(),
+                            "ingress plan changed"
+                        );
+                        plan_tx.send_replace(Arc::new(plan));
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        changed = applied.changed() => if changed.is_err() { return Ok(()) },
+                        changed = lease_valid.changed() => if changed.is_err() { return Ok(()) },
+                    }
                 }
-                if **plan_tx.borrow() != plan {
-                    tracing::info!(
-                        shared = plan.shared.len(),
-                        ordered_held = plan.ordered_held.len(),
-                        "ingress plan changed"
-                    );
-                    plan_tx.send_replace(Arc::new(plan));
-                }
-                tokio::select! {
-                    _ = cancel.cancelled() => return Ok(()),
-                    changed = applied.changed() => if changed.is_err() { return Ok(()) },
-                    changed = lease_valid.changed() => if changed.is_err() { return Ok(()) },
-                }
-            }
-        });
+            }),
+        ));
     }
 
     // gRPC: must run before bootstrap/join, since the leader replicates to us over it.
@@ -369,7 +390,14 @@ pub async fn run_with(
         coordinator.clone(),
         leave_tx,
     );
+    // Keepalive pings find connections that died silently (packets dropped, peer paused) in
+    // seconds rather than at TCP's retransmission timeout. Many streams opened and cancelled
+    // behind a healed partition arrive at once; h2's default limit of 20 such streams would
+    // close the whole connection (and every stream on it) with GOAWAY.
     let grpc_server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(1)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+        .http2_max_pending_accept_reset_streams(Some(1024))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ClusterServer::new(api))
@@ -378,7 +406,8 @@ pub async fn run_with(
             MessagesServer::new(MessagesApi::new(dispatcher.clone())).max_decoding_message_size(16 << 20),
         )
         .add_service(
-            ForwardServer::new(ForwardService::new(dispatcher.clone())).max_decoding_message_size(64 << 20),
+            ForwardServer::new(ForwardService::new(dispatcher.clone(), cancel.clone()))
+                .max_decoding_message_size(64 << 20),
         )
         .add_service(
             routemq_proto::v1::handoff_server::HandoffServer::new(HandoffService::new(
@@ -395,31 +424,37 @@ pub async fn run_with(
         );
     {
         let cancel = cancel.clone();
-        tasks.spawn(async move {
-            grpc_server
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                    cancel.cancelled_owned(),
-                )
-                .await
-                .map_err(|e| NodeError::Server {
-                    what: "gRPC",
-                    message: e.to_string(),
-                })
-        });
+        spawned.push((
+            "gRPC server",
+            tasks.spawn(async move {
+                grpc_server
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                        cancel.cancelled_owned(),
+                    )
+                    .await
+                    .map_err(|e| NodeError::Server {
+                        what: "gRPC",
+                        message: e.to_string(),
+                    })
+            }),
+        ));
     }
     {
         let cancel = cancel.clone();
         let node_id = settings.node_id.clone();
         let prometheus = crate::metrics::install();
-        tasks.spawn(async move {
-            crate::http::serve(http_listener, node_id, readiness_rx, prometheus, cancel)
-                .await
-                .map_err(|e| NodeError::Server {
-                    what: "HTTP",
-                    message: e.to_string(),
-                })
-        });
+        spawned.push((
+            "HTTP server",
+            tasks.spawn(async move {
+                crate::http::serve(http_listener, node_id, readiness_rx, prometheus, cancel)
+                    .await
+                    .map_err(|e| NodeError::Server {
+                        what: "HTTP",
+                        message: e.to_string(),
+                    })
+            }),
+        ));
     }
 
     let entering = async {
@@ -504,7 +539,12 @@ pub async fn run_with(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(grace = ?SHUTDOWN_GRACE, "tasks still running after the shutdown grace period; aborting them");
+        let running: Vec<&str> = spawned
+            .iter()
+            .filter(|(_, h)| !h.is_finished())
+            .map(|(n, _)| *n)
+            .collect();
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, ?running, "tasks still running after the shutdown grace period; aborting them");
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }
@@ -981,9 +1021,11 @@ impl Leave<'_> {
         )
         .await;
         loop {
+            crate::handoff::confirm_handed_over(self.fence, self.config).await;
             let held = self.fence.still_held();
             if held == 0 {
                 tracing::info!(took = ?started.elapsed(), "every partition handed over");
+                self.fence.left();
                 break;
             }
             if Instant::now() >= deadline {
@@ -1009,6 +1051,12 @@ impl Leave<'_> {
                 }
                 Err(LeaveStep::Retry(why)) if Instant::now() >= deadline => {
                     tracing::warn!(reason = %why, "could not leave the config before the timeout");
+                    return;
+                }
+                // Everyone is stopping at once (no active member left to run the config):
+                // nothing is left to hand over to, and nobody to record the leave.
+                Err(LeaveStep::Retry(why)) if !self.others_alive().await => {
+                    tracing::warn!(reason = %why, "no other live member to record the leave; stopping");
                     return;
                 }
                 Err(LeaveStep::Retry(_)) => tokio::time::sleep(Duration::from_millis(200)).await,

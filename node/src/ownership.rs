@@ -17,6 +17,12 @@
 //!   still runs what it admitted, and hands the data over when its queue is empty. It keeps a
 //!   copy ([`Phase::HandedOver`]) so that a fetch racing with another move still finds it.
 //! - A node that finds itself removed from the config drops every slot: what it held is stale.
+//! - A copy survives a restart: the version of every partition this node activated is kept on
+//!   disk beside the data ([`Ownership::restore`]). After a restart nothing is trusted
+//!   blindly: partitions owned are fetched again, the own copy counting as one more answer
+//!   ([`Ownership::decide_fetch`]), and copies of partitions owned elsewhere are offered.
+//! - A leaving node counts a partition as handed over only once its new owner confirmed it is
+//!   active with it ([`Ownership::confirm`]), not when the data was sent.
 //!
 //! The lease ([`crate::lease`]) is checked by the processor on top of this: a slot that may
 //! run still runs only while the lease is valid.
@@ -51,6 +57,24 @@ pub struct Slot {
     pub version: u64,
     /// Messages admitted and not finished yet.
     pub pending: u32,
+    /// For `HandedOver`: the new owner confirmed it is active with the data (a leaving node
+    /// may go only when every copy it handed over is confirmed).
+    pub confirmed: bool,
+    /// For `HandedOver`: a copy found on disk after a restart, not handed to anyone since (it
+    /// may be the newest: the node may have crashed before the handover).
+    pub unsent: bool,
+}
+
+impl Slot {
+    fn new(phase: Phase, version: u64) -> Self {
+        Self {
+            phase,
+            version,
+            pending: 0,
+            confirmed: false,
+            unsent: false,
+        }
+    }
 }
 
 /// What the processor may do with a message of a partition.
@@ -88,8 +112,14 @@ pub enum FetchDecision {
         /// Its version.
         version: u64,
     },
-    /// Nobody holds it: activate with what is here (nothing, for a fresh partition).
+    /// Nobody holds it: activate with nothing (a fresh partition).
     Fresh,
+    /// This node's own copy (kept from an earlier ownership, or found on disk after a
+    /// restart) is the newest: activate with it, importing nothing.
+    KeepOwn {
+        /// Its version.
+        version: u64,
+    },
     /// Someone is not ready (or did not answer): ask again later.
     Retry,
 }
@@ -114,13 +144,15 @@ pub enum Transition {
 pub struct Ownership {
     me: String,
     epoch: u64,
-    observed: bool,
     member: bool,
     others: BTreeSet<String>,
     slots: BTreeMap<Partition, Slot>,
     /// Partitions whose newest data this node held when it was removed (failed over): their
     /// history goes back to the current owners once this node is a member again.
     orphans: BTreeMap<Partition, u64>,
+    /// Copies found on disk at start (partition → version), placed at the first observation
+    /// of a bootstrapped config.
+    restored: Option<BTreeMap<Partition, u64>>,
     skip_handoff: bool,
 }
 
@@ -131,13 +163,22 @@ impl Ownership {
         Self {
             me: me.into(),
             epoch: 0,
-            observed: false,
             member: false,
             others: BTreeSet::new(),
             slots: BTreeMap::new(),
             orphans: BTreeMap::new(),
+            restored: None,
             skip_handoff,
         }
+    }
+
+    /// The copies this node's data directory holds (partition → version, as recorded when
+    /// each was activated), read at start before the first observation. At that observation
+    /// a copy of a partition this node owns is fetched again with the copy counting as an
+    /// answer; a copy of a partition owned elsewhere is offered to its owner (`HandedOver`);
+    /// if this node is no longer a member, the copies are orphans to give back.
+    pub fn restore(&mut self, held: BTreeMap<Partition, u64>) {
+        self.restored = Some(held);
     }
 
     /// The epoch last observed.
@@ -179,12 +220,11 @@ impl Ownership {
         self.member
     }
 
-    /// Observes the config at `epoch`: its ring and every member (active or leaving). The
-    /// first observation after start trusts the local data for the partitions owned then.
+    /// Observes the config at `epoch`: its ring and every member (active or leaving). Nothing
+    /// held is trusted without a fetch, except by the only member (nobody else could hold a
+    /// newer copy).
     pub fn observe(&mut self, epoch: u64, ring: &Ring, members: &BTreeSet<String>) -> Vec<Transition> {
         let mut out = Vec::new();
-        let first = !self.observed;
-        self.observed = true;
         let was_member = self.member;
         self.member = members.contains(&self.me);
         self.others = members.iter().filter(|m| **m != self.me).cloned().collect();
@@ -198,6 +238,18 @@ impl Ownership {
             return out;
         }
         let (nodes, owners) = ring.owners_table();
+        // Copies from disk are placed once, against the first bootstrapped config.
+        let restored = if owners.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.restored.take().unwrap_or_default()
+        };
+        if !self.member {
+            if !self.skip_handoff {
+                self.orphans.extend(restored);
+            }
+            return out;
+        }
         let my_index = nodes.iter().position(|n| *n == self.me);
         // An empty ring (not bootstrapped) owns nothing; every slot is then "not mine".
         let count = if owners.is_empty() {
@@ -211,20 +263,13 @@ impl Ownership {
             let slot = self.slots.get_mut(&p);
             match (mine, slot) {
                 (true, None) => {
-                    let phase = if first || self.skip_handoff || self.others.is_empty() {
-                        Phase::Active
+                    let (phase, version) = if self.skip_handoff || self.others.is_empty() {
+                        (Phase::Active, epoch)
                     } else {
-                        Phase::Fetching
+                        // A copy from disk counts as one more answer of the fetch.
+                        (Phase::Fetching, restored.get(&p).copied().unwrap_or(0))
                     };
-                    let version = if phase == Phase::Active { epoch } else { 0 };
-                    self.slots.insert(
-                        p,
-                        Slot {
-                            phase,
-                            version,
-                            pending: 0,
-                        },
-                    );
+                    self.slots.insert(p, Slot::new(phase, version));
                     out.push(if phase == Phase::Active {
                         Transition::Activated(p)
                     } else {
@@ -252,7 +297,15 @@ impl Ownership {
                         }
                     }
                 },
-                (false, None) => {}
+                (false, None) => {
+                    if let Some(version) = restored.get(&p).copied() {
+                        // Possibly the newest copy (this node may have crashed before it
+                        // handed the partition over): offer it.
+                        let mut slot = Slot::new(Phase::HandedOver, version);
+                        slot.unsent = true;
+                        self.slots.insert(p, slot);
+                    }
+                }
                 (false, Some(slot)) => match slot.phase {
                     Phase::Active => {
                         slot.phase = Phase::Draining;
@@ -280,12 +333,19 @@ impl Ownership {
     }
 
     /// This node learned (from the leader) that it is no longer a member: drop everything.
-    /// What this node held as the newest data (active or draining) becomes an orphan: its
-    /// history is given back to the owners once this node is a member again.
+    /// What may be the newest data of a partition (active, draining, an own copy being
+    /// fetched again, a copy from disk not handed to anyone) becomes an orphan: its history is
+    /// given back to the owners once this node is a member again (entries the owner already
+    /// has are skipped, so giving back too much costs only bandwidth).
     pub fn drop_all(&mut self) -> Vec<Transition> {
         self.member = false;
         for (p, slot) in std::mem::take(&mut self.slots) {
-            if matches!(slot.phase, Phase::Active | Phase::Draining) && !self.skip_handoff {
+            let maybe_newest = match slot.phase {
+                Phase::Active | Phase::Draining => true,
+                Phase::Fetching => slot.version > 0,
+                Phase::HandedOver => slot.unsent,
+            };
+            if maybe_newest && !self.skip_handoff {
                 self.orphans.insert(p, slot.version);
             }
         }
@@ -343,18 +403,28 @@ impl Ownership {
 
     /// Answers a fetch of `partition` by a node that owns it at `asker_epoch`. A `Data` answer
     /// marks the slot handed over: the caller sends the data it holds now.
+    ///
+    /// Only a holder at the asker's epoch answers; otherwise "not yet". An asker behind us may
+    /// no longer be the owner (it must catch up first). If we are behind the asker, we may be
+    /// about to own the partition at an epoch in between (and fetch and run it), or our copy
+    /// may already have been handed on to an owner the asker does not know of: our answer,
+    /// even "not a holder", would be stale. So every fetch is decided on answers from one
+    /// epoch.
     pub fn serve(&mut self, partition: Partition, asker_epoch: u64) -> Answer {
+        if asker_epoch != self.epoch {
+            return Answer::NotYet;
+        }
         let Some(slot) = self.slots.get_mut(&partition) else {
             return Answer::NotHolder;
         };
         match slot.phase {
-            // We own it at our epoch: the asker is ahead of us, or behind; either way not yet.
+            // We own it at our epoch (the asker's too: it cannot be the owner).
             Phase::Active | Phase::Fetching => Answer::NotYet,
             Phase::Draining if slot.pending > 0 => Answer::NotYet,
-            // An asker behind us may not be the owner any more: it must catch up first.
-            Phase::Draining | Phase::HandedOver if asker_epoch < self.epoch => Answer::NotYet,
             Phase::Draining | Phase::HandedOver => {
                 slot.phase = Phase::HandedOver;
+                slot.confirmed = false;
+                slot.unsent = false;
                 Answer::Data {
                     version: slot.version,
                 }
@@ -362,13 +432,36 @@ impl Ownership {
         }
     }
 
-    /// The fetched data of `version` was imported: activate if still fetching. Returns false
-    /// (and changes nothing) if the partition is no longer being fetched.
-    pub fn fetched(&mut self, partition: Partition, version: u64) -> bool {
+    /// Decides the fetch of `partition` from the answers of every other member, counting this
+    /// node's own copy (a partition handed over earlier and back again, or a copy found on
+    /// disk after a restart) as one more answer: if it is at least as new as every other, it
+    /// is kept and nothing is imported.
+    pub fn decide_fetch(
+        &self,
+        partition: Partition,
+        answers: &BTreeMap<String, Option<Answer>>,
+    ) -> FetchDecision {
+        let own = self
+            .slots
+            .get(&partition)
+            .filter(|s| s.phase == Phase::Fetching)
+            .map_or(0, |s| s.version);
+        match decide(answers) {
+            FetchDecision::Fresh if own > 0 => FetchDecision::KeepOwn { version: own },
+            FetchDecision::Import { version, .. } if own > 0 && own >= version => {
+                FetchDecision::KeepOwn { version: own }
+            }
+            decision => decision,
+        }
+    }
+
+    /// The partition's data (fetched, or the own copy) is in place: activate if still
+    /// fetching. The caller records the new version (the current epoch) on disk with the data.
+    /// Returns false (and changes nothing) if the partition is no longer being fetched.
+    pub fn fetched(&mut self, partition: Partition) -> bool {
         let epoch = self.epoch;
         match self.slots.get_mut(&partition) {
             Some(slot) if slot.phase == Phase::Fetching => {
-                let _ = version;
                 slot.phase = Phase::Active;
                 slot.version = epoch;
                 true
@@ -377,12 +470,44 @@ impl Ownership {
         }
     }
 
-    /// Partitions a leaving node still has to hand over (or still owns).
+    /// Partitions a leaving node still owns, drains, or handed over without the new owner's
+    /// confirmation that it is active with them (a fetcher's round may end without an import:
+    /// another member said "not yet", or the stream broke).
     pub fn still_held(&self) -> usize {
         self.slots
             .values()
-            .filter(|s| matches!(s.phase, Phase::Active | Phase::Draining))
+            .filter(|s| match s.phase {
+                Phase::Active | Phase::Draining => true,
+                Phase::HandedOver => !s.confirmed,
+                Phase::Fetching => false,
+            })
             .count()
+    }
+
+    /// Handed-over partitions whose new owner has not confirmed yet.
+    pub fn unconfirmed(&self) -> Vec<Partition> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.phase == Phase::HandedOver && !s.confirmed)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// The owner of `partition`, at an epoch at least this node's, says it is active with it:
+    /// the copy handed over is safe there.
+    pub fn confirm(&mut self, partition: Partition) {
+        if let Some(slot) = self.slots.get_mut(&partition) {
+            if slot.phase == Phase::HandedOver {
+                slot.confirmed = true;
+            }
+        }
+    }
+
+    /// Whether this node is the active owner of `partition` (what a leaving node asks).
+    pub fn is_active(&self, partition: Partition) -> bool {
+        self.slots
+            .get(&partition)
+            .is_some_and(|s| s.phase == Phase::Active)
     }
 }
 
@@ -431,19 +556,118 @@ mod tests {
     }
 
     #[test]
-    fn first_observation_trusts_local_data_later_gains_fetch() {
+    fn only_the_sole_member_activates_without_a_fetch() {
         let mut a = Ownership::new("a", false);
-        a.observe(3, &ring(&["a", "b"]), &set(&["a", "b"]));
-        assert!(a.fetching().is_empty());
-        let owned = a.in_phase(Phase::Active).len();
-        assert!(owned > 0);
-        a.observe(4, &ring(&["a"]), &set(&["a", "b"]));
-        assert_eq!(a.in_phase(Phase::Active).len() + a.fetching().len(), 64);
+        a.observe(1, &ring(&["a"]), &set(&["a"]));
+        assert_eq!(a.in_phase(Phase::Active).len(), 64);
+        let mut b = Ownership::new("b", false);
+        b.observe(2, &ring(&["a", "b"]), &set(&["a", "b"]));
+        assert!(b.in_phase(Phase::Active).is_empty());
+        assert!(!b.fetching().is_empty());
+    }
+
+    #[test]
+    fn a_restarted_node_fetches_what_it_owns_and_offers_what_it_does_not() {
+        let mut a = Ownership::new("a", false);
+        let r = ring(&["a", "b"]);
+        // On disk: a copy of every partition, version 3.
+        a.restore((0..64).map(|p| (p, 3)).collect());
+        a.observe(5, &r, &set(&["a", "b"]));
+        let (mine, theirs): (Vec<u32>, Vec<u32>) =
+            (0..64).partition(|p| r.owner_of_partition(*p) == Some("a"));
+        assert_eq!(a.fetching(), mine);
+        assert_eq!(a.in_phase(Phase::HandedOver), theirs);
+        // b holds a newer copy of one partition: it wins; elsewhere the own copy is kept.
+        let (p_newer, p_own) = (mine[0], mine[1]);
+        let answer = |a: Answer| -> BTreeMap<String, Option<Answer>> { [("b".to_string(), Some(a))].into() };
         assert_eq!(
-            a.in_phase(Phase::Active).len(),
-            owned,
-            "only the old ones are active"
+            a.decide_fetch(p_newer, &answer(Answer::Data { version: 4 })),
+            FetchDecision::Import {
+                from: "b".into(),
+                version: 4
+            }
         );
+        assert_eq!(
+            a.decide_fetch(p_own, &answer(Answer::Data { version: 2 })),
+            FetchDecision::KeepOwn { version: 3 }
+        );
+        assert_eq!(
+            a.decide_fetch(p_own, &answer(Answer::NotHolder)),
+            FetchDecision::KeepOwn { version: 3 }
+        );
+        assert_eq!(
+            a.decide_fetch(p_own, &answer(Answer::NotYet)),
+            FetchDecision::Retry
+        );
+        // The copies of b's partitions are offered to b.
+        assert_eq!(a.serve(theirs[0], 5), Answer::Data { version: 3 });
+    }
+
+    #[test]
+    fn a_restarted_node_that_was_removed_gives_its_copies_back() {
+        let mut c = Ownership::new("c", false);
+        c.restore([(1, 2), (7, 2)].into());
+        c.observe(6, &ring(&["a", "b"]), &set(&["a", "b"]));
+        assert!(c.slots().is_empty());
+        c.observe(7, &ring(&["a", "b", "c"]), &set(&["a", "b", "c"]));
+        assert_eq!(c.orphans(), vec![(1, 2), (7, 2)]);
+    }
+
+    #[test]
+    fn a_restarted_node_told_it_was_removed_keeps_its_copies_as_orphans() {
+        let mut a = Ownership::new("a", false);
+        a.restore((0..64).map(|p| (p, 3)).collect());
+        a.observe(5, &ring(&["a", "b"]), &set(&["a", "b"]));
+        let offered = a.in_phase(Phase::HandedOver);
+        // One copy is handed over after the restart: its new owner has it.
+        assert_eq!(a.serve(offered[0], 5), Answer::Data { version: 3 });
+        a.drop_all();
+        a.observe(7, &ring(&["a", "b"]), &set(&["a", "b"]));
+        let orphans: Vec<u32> = a.orphans().into_iter().map(|(p, _)| p).collect();
+        let expected: Vec<u32> = (0..64).filter(|p| *p != offered[0]).collect();
+        assert_eq!(orphans, expected);
+    }
+
+    #[test]
+    fn a_leaver_counts_a_handed_over_partition_until_the_owner_confirms() {
+        let mut a = Ownership::new("a", false);
+        a.observe(1, &ring(&["a"]), &set(&["a"]));
+        let mut members = set(&["a", "b"]);
+        a.observe(2, &ring(&["b"]), &members);
+        assert_eq!(a.still_held(), 64);
+        for p in 0..64 {
+            assert_eq!(a.serve(p, 2), Answer::Data { version: 1 });
+        }
+        assert_eq!(a.still_held(), 64, "sent is not imported");
+        for p in 0..63 {
+            a.confirm(p);
+        }
+        assert_eq!(a.unconfirmed(), vec![63]);
+        assert_eq!(a.still_held(), 1);
+        a.confirm(63);
+        assert_eq!(a.still_held(), 0);
+        members.remove("a");
+        a.observe(3, &ring(&["b"]), &members);
+        assert!(!a.is_member());
+    }
+
+    #[test]
+    fn a_partition_back_before_anyone_imported_it_keeps_the_own_copy() {
+        let mut a = Ownership::new("a", false);
+        a.observe(1, &ring(&["a"]), &set(&["a"]));
+        a.observe(2, &ring(&["a", "b"]), &set(&["a", "b"]));
+        let moved = a.in_phase(Phase::Draining);
+        assert_eq!(a.serve(moved[0], 2), Answer::Data { version: 1 });
+        // b never imports; the partition comes back.
+        a.observe(3, &ring(&["a"]), &set(&["a", "b"]));
+        assert_eq!(a.slot(moved[0]).map(|s| s.phase), Some(Phase::Fetching));
+        let none: BTreeMap<String, Option<Answer>> = [("b".to_string(), Some(Answer::NotHolder))].into();
+        assert_eq!(
+            a.decide_fetch(moved[0], &none),
+            FetchDecision::KeepOwn { version: 1 }
+        );
+        assert!(a.fetched(moved[0]));
+        assert_eq!(a.slot(moved[0]).map(|s| s.version), Some(3));
     }
 
     #[test]
@@ -510,6 +734,9 @@ mod orphan_tests {
         let set = |m: &[&str]| m.iter().map(|x| x.to_string()).collect::<BTreeSet<_>>();
         let mut c = Ownership::new("c", false);
         c.observe(3, &ring(&["a", "b", "c"]), &set(&["a", "b", "c"]));
+        for p in c.fetching() {
+            assert!(c.fetched(p));
+        }
         let held = c.in_phase(Phase::Active);
         assert!(!held.is_empty());
         c.drop_all();

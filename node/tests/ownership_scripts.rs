@@ -3,8 +3,7 @@
 //! [`RenewalTracker`]) driven by a simulated config, simulated fetch rounds and a simulated
 //! monotonic clock. Every file in `tests/testscripts/ownership/` is one behaviour; regenerate
 //! the expected output with `UPDATE_GOLDENFILES=1 cargo test --test ownership_scripts` and
-//! review it. Files in `tests/testscripts/ownership/known_bugs/` assert the *correct* behaviour
-//! of cases the state machine gets wrong today; they run in an ignored test.
+//! review it.
 //!
 //! The simulation also keeps, per node, the partition's journal (the messages it processed, in
 //! order) and its queue of admitted messages, so that scripts can show that the history moves
@@ -13,9 +12,9 @@
 //! Config commands (each makes a new epoch and prints the partitions that move; no node
 //! applies it until `observe`):
 //!
-//! - `cluster ID... [partitions=P] [vnodes=V]`: start over with these members at epoch 1; each
-//!   node's first observation is epoch 1 (as if restarted with it on disk), so it owns its
-//!   partitions at once. Defaults: 32 partitions, 64 virtual nodes per member.
+//! - `cluster ID... [partitions=P] [vnodes=V]`: start over with these members at epoch 1: each
+//!   node observes epoch 1 and fetches its partitions (nobody holds any: all start fresh).
+//!   Defaults: 32 partitions, 64 virtual nodes per member.
 //! - `join ID...`: new members (fresh nodes whose data dir held nothing).
 //! - `leave ID...`: members that leave: they stay members but own nothing.
 //! - `remove ID...`: members removed from the config (the end of a leave, or a failover).
@@ -24,18 +23,23 @@
 //!
 //! - `observe ID...|all [epoch=E]`: the nodes apply the config at epoch E (default: the
 //!   latest); `all` is every reachable node. Prints the transitions.
-//! - `restart ID`: the node restarts: a new state machine whose first observation is the config
-//!   it had applied (on disk); its queue is lost (senders re-send), its journal stays.
+//! - `restart ID`: the node restarts: a new state machine restored with the copy versions on
+//!   its disk, whose first observation is the config it had applied (on disk); its queue is
+//!   lost (senders re-send), its journal stays.
 //! - `down ID...` / `up ID...`: the node is cut off (answers no fetch, gets no renewal) or back.
 //! - `admit ID p=P [n=N]`: N (default 1) new messages for partition P sent to the node.
 //! - `finish ID p=P`: the node's processor takes the oldest queued message of P: runs it (it
 //!   goes to the journal), leaves it waiting, or gives it back, as the gate says.
 //! - `gate ID p=P`: what the gate says for P.
 //! - `fetch ID [lost]`: one fetch round of the node for every partition it is fetching: asks
-//!   every other member (`serve`), decides, and on import/fresh activates (`fetched`). With
-//!   `lost`, the answers are served but never imported (a broken stream, a crash).
+//!   every other member (`serve`), decides with its own copy counted (`decide_fetch`), and on
+//!   import, fresh or keep-own activates (`fetched`). With `lost`, the answers are served but
+//!   never imported (a broken stream, a crash).
 //! - `phases ID...|all`: the node's slots per phase.
-//! - `held ID`: how many partitions a (leaving) node still owns or drains.
+//! - `confirm ID`: the (leaving) node asks the owners of the partitions it handed over whether
+//!   they are active with them (`Handoff/ActiveOf`); confirmed ones no longer hold it back.
+//! - `held ID`: how many partitions a (leaving) node still owns, drains, or handed over without
+//!   confirmation (it may leave at 0).
 //! - `holders p=P`: every node's slot, queue and journal for P.
 //!
 //! Lease commands (times are offsets from a fixed base instant, e.g. `at=1500ms`):
@@ -66,7 +70,7 @@ use std::time::{Duration, Instant};
 
 use goldenscript::{Command, Runner};
 use routemq_node::lease::{Lease, LeaseStatus, RenewalTracker};
-use routemq_node::ownership::{decide, Answer, FetchDecision, Gate, Ownership, Partition, Phase, Transition};
+use routemq_node::ownership::{Answer, FetchDecision, Gate, Ownership, Partition, Phase, Transition};
 use routemq_node::ring::{Ring, RingParams};
 
 type Res<T> = Result<T, Box<dyn Error>>;
@@ -94,6 +98,8 @@ struct Node {
     journal: BTreeMap<Partition, Vec<String>>,
     /// Per partition, admitted messages not finished yet, in order.
     queue: BTreeMap<Partition, VecDeque<String>>,
+    /// The versions of the copies recorded on disk (what `restore` gets after a restart).
+    held: BTreeMap<Partition, u64>,
     lease: Lease,
 }
 
@@ -145,18 +151,21 @@ impl Sim {
         };
         sim.history.push(config);
         for m in members {
-            let mut node = sim.started_node(m, 1);
-            for p in node.own.in_phase(Phase::Active) {
-                node.journal.insert(p, Vec::new());
-            }
+            let node = sim.started_node(m, 1, BTreeMap::new());
             sim.nodes.insert(m.clone(), node);
+        }
+        // The bootstrap: every member fetches its partitions (nobody holds any: all fresh).
+        for m in members {
+            sim.fetch(m, false)?;
         }
         Ok(sim)
     }
 
-    /// A node that starts with the config of `epoch` on disk (its first observation).
-    fn started_node(&self, id: &str, epoch: u64) -> Node {
+    /// A node that starts with the config of `epoch` and the copies `held` on disk (its first
+    /// observation).
+    fn started_node(&self, id: &str, epoch: u64, held: BTreeMap<Partition, u64>) -> Node {
         let mut own = Ownership::new(id, false);
+        own.restore(held.clone());
         let c = &self.history[epoch as usize];
         own.observe(epoch, &c.ring, &c.member_set());
         Node {
@@ -165,6 +174,7 @@ impl Sim {
             down: false,
             journal: BTreeMap::new(),
             queue: BTreeMap::new(),
+            held,
             lease: Lease::new(self.lease_duration, false),
         }
     }
@@ -201,7 +211,7 @@ impl Sim {
         for m in members.keys() {
             if !self.nodes.contains_key(m) {
                 // A fresh node's data dir holds nothing: epoch 0.
-                let node = self.started_node(m, 0);
+                let node = self.started_node(m, 0, BTreeMap::new());
                 self.nodes.insert(m.clone(), node);
             }
         }
@@ -250,6 +260,7 @@ impl Sim {
             match t {
                 Transition::Activated(p) => {
                     node.journal.entry(*p).or_default();
+                    node.held.insert(*p, node.own.epoch());
                     kinds.entry("active").or_default().push(*p)
                 }
                 Transition::StartedFetching(p) => kinds.entry("fetching").or_default().push(*p),
@@ -341,19 +352,24 @@ impl Sim {
                 };
                 answers.insert(peer.clone(), answer);
             }
-            let decision = decide(&answers);
+            let node = self.node_mut(id)?;
+            let decision = node.own.decide_fetch(p, &answers);
             let imported = match (&decision, lost) {
                 (FetchDecision::Retry, _) | (_, true) => None,
-                (FetchDecision::Fresh, false) => Some((Vec::new(), 0)),
-                (FetchDecision::Import { from, version }, false) => Some((data[from].clone(), *version)),
+                (FetchDecision::Fresh, false) => Some(Vec::new()),
+                (FetchDecision::KeepOwn { .. }, false) => {
+                    Some(node.journal.get(&p).cloned().unwrap_or_default())
+                }
+                (FetchDecision::Import { from, .. }, false) => Some(data[from].clone()),
             };
             let mut imported_journal = None;
-            if let Some((journal, version)) = imported {
-                let node = self.node_mut(id)?;
-                // The import replaces whatever the node had of the partition.
+            if let Some(journal) = imported {
+                // The import replaces whatever the node had of the partition, and records the
+                // copy's version (this epoch) with it.
                 if node.own.slot(p).map(|s| s.phase) == Some(Phase::Fetching) {
                     node.journal.insert(p, journal.clone());
-                    node.own.fetched(p, version);
+                    node.held.insert(p, epoch);
+                    node.own.fetched(p);
                     imported_journal = Some(journal);
                 }
             }
@@ -365,6 +381,67 @@ impl Sim {
             });
         }
         Ok(outcomes)
+    }
+
+    /// The (leaving) node asks the owners of the partitions it handed over whether they are
+    /// active with them (at an epoch at least its own); returns (confirmed, not yet).
+    fn confirm(&mut self, id: &str) -> Res<(Vec<Partition>, Vec<Partition>)> {
+        let node = self.node(id)?;
+        if node.down {
+            return Err(format!("{id} is down").into());
+        }
+        let epoch = node.own.epoch();
+        let ring = &self.history[epoch as usize].ring;
+        let (mut yes, mut no) = (Vec::new(), Vec::new());
+        for p in node.own.unconfirmed() {
+            let active = ring
+                .owner_of_partition(p)
+                .and_then(|o| self.nodes.get(o))
+                .is_some_and(|o| !o.down && o.own.epoch() >= epoch && o.own.is_active(p));
+            if active {
+                yes.push(p)
+            } else {
+                no.push(p)
+            }
+        }
+        let node = self.node_mut(id)?;
+        for p in &yes {
+            node.own.confirm(*p);
+        }
+        Ok((yes, no))
+    }
+
+    /// The node restarts: a new state machine restored with the copies on disk, observing the
+    /// config it had applied; its queue is lost (senders re-send). Describes what happened.
+    fn restart(&mut self, id: &str) -> Res<String> {
+        let mut output = String::new();
+        let old = self.nodes.remove(id).ok_or("unknown node")?;
+        let epoch = old.applied;
+        let config = self.history[epoch as usize].clone();
+        let mut own = Ownership::new(id, false);
+        own.restore(old.held.clone());
+        let transitions = own.observe(epoch, &config.ring, &config.member_set());
+        let node = Node {
+            own,
+            applied: epoch,
+            down: old.down,
+            journal: old.journal,
+            queue: BTreeMap::new(),
+            held: old.held,
+            lease: Lease::new(self.lease_duration, false),
+        };
+        self.nodes.insert(id.to_string(), node);
+        let lost: Vec<&String> = old.queue.values().flatten().collect();
+        if !lost.is_empty() {
+            writeln!(
+                output,
+                "{id} restarts; queue lost (senders re-send): {}",
+                words(lost)
+            )?;
+        }
+        let described = self.after_transitions(id, &transitions)?;
+        writeln!(output, "{id}@{epoch} (first observation): {described}")?;
+        Ok(output)
     }
 
     /// G2 over the current members: at most one may run messages of a partition.
@@ -541,31 +618,7 @@ impl Runner for OwnershipRunner {
             "restart" => {
                 let id = args.next_pos().ok_or("restart ID")?.value.clone();
                 args.reject_rest()?;
-                let sim = self.sim()?;
-                let old = sim.nodes.remove(&id).ok_or("unknown node")?;
-                let epoch = old.applied;
-                let config = sim.history[epoch as usize].clone();
-                let mut own = Ownership::new(id.as_str(), false);
-                let transitions = own.observe(epoch, &config.ring, &config.member_set());
-                let node = Node {
-                    own,
-                    applied: epoch,
-                    down: false,
-                    journal: old.journal,
-                    queue: BTreeMap::new(),
-                    lease: Lease::new(sim.lease_duration, false),
-                };
-                sim.nodes.insert(id.clone(), node);
-                let lost: Vec<&String> = old.queue.values().flatten().collect();
-                if !lost.is_empty() {
-                    writeln!(
-                        output,
-                        "{id} restarts; queue lost (senders re-send): {}",
-                        words(lost)
-                    )?;
-                }
-                let described = sim.after_transitions(&id, &transitions)?;
-                writeln!(output, "{id}@{epoch} (first observation): {described}")?;
+                output = self.sim()?.restart(&id)?;
             }
 
             name @ ("down" | "up") => {
@@ -637,6 +690,7 @@ impl Runner for OwnershipRunner {
                         FetchDecision::Retry => "retry".to_string(),
                         FetchDecision::Fresh => "fresh".to_string(),
                         FetchDecision::Import { from, version } => format!("import v{version} from {from}"),
+                        FetchDecision::KeepOwn { version } => format!("keep own v{version}"),
                     };
                     let result = match (&o.decision, &o.imported) {
                         (FetchDecision::Retry, _) => String::new(),
@@ -709,11 +763,23 @@ impl Runner for OwnershipRunner {
                 }
             }
 
+            "confirm" => {
+                let id = args.next_pos().ok_or("confirm ID")?.value.clone();
+                args.reject_rest()?;
+                let (yes, no) = self.sim()?.confirm(&id)?;
+                writeln!(
+                    output,
+                    "{id}: owners confirmed {}; not yet {}",
+                    list(&yes),
+                    list(&no)
+                )?;
+            }
+
             "held" => {
                 let id = args.next_pos().ok_or("held ID")?.value.clone();
                 args.reject_rest()?;
                 let held = self.sim()?.node(&id)?.own.still_held();
-                writeln!(output, "{id} still owns or drains {held} partition(s)")?;
+                writeln!(output, "{id} still holds {held} partition(s)")?;
             }
 
             "holders" => {
@@ -896,13 +962,6 @@ fn ownership_scripts() {
     run_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testscripts/ownership"));
 }
 
-/// Scenarios the state machine gets wrong today; they assert the correct behaviour.
-#[test]
-#[ignore = "known ownership bugs: see the comments in tests/testscripts/ownership/known_bugs/"]
-fn ownership_known_bugs() {
-    run_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testscripts/ownership/known_bugs"));
-}
-
 /// A small deterministic random generator (xorshift64*), so failures replay from the seed.
 struct Rng(u64);
 
@@ -920,11 +979,13 @@ impl Rng {
 /// message runs on a node that holds the partition's whole history (G3, G4), and every import
 /// (or fresh start) brings the whole history, i.e. no fetch skips a holder of newer data.
 ///
-/// With `lagging_fetch`, nodes behind the latest config fetch too (known bug: see
-/// `known_bugs/lagging_fetcher_imports_stale_copy`); without, only up-to-date nodes fetch.
-/// With `end_leave_on_still_held`, a leave ends as the node does it (`still_held() == 0`;
-/// known bug: see `known_bugs/leave_ends_before_the_import`); without, it ends only once the
-/// owner of every partition the leaver handed over is active.
+/// Nodes restart now and then (queue lost, copies restored from disk).
+///
+/// With `lagging_fetch`, nodes behind the latest config fetch too (the case of
+/// `lagging_fetcher_imports_stale_copy`); without, only up-to-date nodes fetch. With
+/// `end_leave_on_still_held`, a leave ends as the node does it (`still_held() == 0` after
+/// asking the owners, the case of `leave_ends_before_the_import`); without, it ends only once
+/// the owner of every partition the leaver handed over is active.
 fn random_run(seed: u64, steps: usize, lagging_fetch: bool, end_leave_on_still_held: bool) -> Res<()> {
     let params = RingParams {
         partitions: 16,
@@ -941,7 +1002,11 @@ fn random_run(seed: u64, steps: usize, lagging_fetch: bool, end_leave_on_still_h
         let p = rng.below(params.partitions as usize) as Partition;
         let members = sim.current().members.clone();
         let staying: Vec<&String> = members.iter().filter(|(_, l)| !**l).map(|(m, _)| m).collect();
-        match rng.below(10) {
+        match rng.below(11) {
+            10 => {
+                log.push(format!("restart {node}"));
+                sim.restart(&node)?;
+            }
             0 if next_id <= 6 => {
                 let id = format!("n{next_id}");
                 next_id += 1;
@@ -958,6 +1023,9 @@ fn random_run(seed: u64, steps: usize, lagging_fetch: bool, end_leave_on_still_h
             }
             2 => {
                 // The end of a leave: the leaver applied the latest config and holds nothing.
+                if end_leave_on_still_held && !sim.nodes[&node].down {
+                    sim.confirm(&node)?;
+                }
                 let n = &sim.nodes[&node];
                 let imported = n.own.slots().keys().all(|p| {
                     let owner = sim.current().ring.owner_of_partition(*p).unwrap_or_default();
@@ -1038,7 +1106,6 @@ fn random_moves_keep_one_processor_and_the_whole_history() {
 }
 
 #[test]
-#[ignore = "known bug: a handed-over copy is served to a lagging asker (known_bugs/lagging_fetcher_imports_stale_copy)"]
 fn random_moves_with_lagging_fetchers() {
     for seed in 0..300 {
         if let Err(e) = random_run(seed, 300, true, false) {
@@ -1121,7 +1188,6 @@ fn in_step_cluster_converges_to_the_ring() {
 }
 
 #[test]
-#[ignore = "known bug: a leave ends before the new owner imported (known_bugs/leave_ends_before_the_import)"]
 fn random_moves_ending_leaves_on_still_held() {
     for seed in 0..300 {
         if let Err(e) = random_run(seed, 300, false, true) {

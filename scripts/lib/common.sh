@@ -27,7 +27,9 @@ apt_install() {
 # RocksDB's bindings need libclang at build time; the protobuf compiler is vendored.
 ensure_build_deps() {
     command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (https://rustup.rs)"
-    if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so'; then
+    # libclang.so itself (bindgen's), not libclang-cpp.so, which other packages pull in.
+    if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* >/dev/null 2>&1 \
+        && ! ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so'; then
         apt_install libclang-dev
     fi
     command -v c++ >/dev/null 2>&1 || apt_install g++
@@ -39,6 +41,18 @@ ensure_test_deps() {
     command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_install mosquitto
     command -v ip >/dev/null 2>&1 || apt_install iproute2
     command -v curl >/dev/null 2>&1 || apt_install curl
+}
+
+# Clippy's lints (warnings are errors) inside the one build: clippy-driver wraps rustc for the
+# workspace crates only, so dependencies are compiled once, shared with every other build.
+# (`cargo clippy` checks in a separate mode whose build-script runs differ: it would compile
+# RocksDB's C++ a second time, ~25 min on 2 cores.)
+use_clippy_in_build() {
+    local driver
+    driver="$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver)" \
+        || die "clippy-driver not found: install it with 'rustup component add clippy'"
+    export RUSTC_WORKSPACE_WRAPPER="$driver"
+    export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 }
 
 # One build for everything: binaries, tests and benches share one feature set, so the quick

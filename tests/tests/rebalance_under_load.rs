@@ -191,7 +191,6 @@ async fn slow_rebalance_graceful_leave_under_load() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "fails today: a node restarted after its graceful leave is not ready within 60 s (session 2 closing note); run with --run-ignored"]
 async fn slow_rebalance_rolling_restart_under_load() -> Result<()> {
     let _serial = exclusive().await?;
     let (mut cluster, targets) = cluster_with_route(3, &[], false).await?;

@@ -40,6 +40,11 @@ pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
+        // A connection that died silently (a partition drops packets, the peer is paused)
+        // fails its streams within ~3 s, so forwarding links and Raft reconnect.
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true)
         .connect_lazy())
 }
 
