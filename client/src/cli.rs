@@ -169,6 +169,10 @@ pub struct AddRoute {
     /// Matching order: lower first, ties by name
     #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i32,
+    /// JSON pointer (e.g. /id) to the message id in JSON payloads, for messages that come
+    /// without one (MQTT): a redelivered copy is then suppressed by the journal
+    #[arg(long, value_name = "POINTER")]
+    pub message_id_field: Option<String>,
     /// Write only if the route's current version is V (0: only if it does not exist)
     #[arg(long, value_name = "V")]
     pub expect_version: Option<u64>,
@@ -195,12 +199,13 @@ pub enum TransportArg {
 /// `bench` options.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Each producer owns a disjoint set of keys and sends its messages in sequence order; over gRPC at most --concurrency messages per producer are in flight, never two of one key. Stops after --messages or --duration, whichever comes first. With --verify, waits until the journals stop growing, reads every key's journal and reports lost, duplicated and reordered messages with a verdict (exit code 1 unless it passes)."
+    after_help = "Each producer owns a disjoint set of keys and sends its messages in sequence order; over gRPC at most --concurrency messages per producer are in flight, never two of one key. Stops after --messages or --duration, whichever comes first. With --verify, waits until the journals stop growing, reads every key's journal and reports lost, duplicated and reordered messages with a verdict (exit code 1 unless it passes), and the delivery rate: distinct messages in the journals per second from the first publish to the last journal entry (for MQTT the cluster's throughput, which the PUBACK rate is not)."
 )]
 pub struct BenchArgs {
-    /// The route the messages are for (with --verify: a journal route)
-    #[arg(long, value_name = "NAME")]
-    pub route: String,
+    /// The route the messages are for (with --verify: a journal route); not used with
+    /// --broker-only
+    #[arg(long, value_name = "NAME", required_unless_present = "broker_only")]
+    pub route: Option<String>,
     /// Topic of a key: {key} is replaced by the key
     #[arg(long, value_name = "T", default_value = "bench/{key}/data")]
     pub topic_template: String,
@@ -243,6 +248,11 @@ pub struct BenchArgs {
     /// Run id (prefix of keys and message ids; default: random)
     #[arg(long, value_name = "ID", value_parser = parse_run_id)]
     pub run_id: Option<String>,
+    /// Baseline without RouteMQ: publish over MQTT as usual, but one rumqttc subscriber (QoS 1)
+    /// takes the messages from the broker; reports what the broker alone delivers, checked
+    /// like journals (no cluster is contacted)
+    #[arg(long)]
+    pub broker_only: bool,
 }
 
 fn parse_broker(text: &str) -> Result<String, String> {
@@ -404,6 +414,21 @@ mod tests {
             (add.mode, add.handler.as_str(), add.qos, add.expect_version),
             (ModeArg::Ordered, "log", 0, None)
         );
+        assert_eq!(add.message_id_field, None);
+        let cli = parse(&[
+            "routes",
+            "add",
+            "r",
+            "--pattern",
+            "a/+",
+            "--message-id-field",
+            "/meta/id",
+        ])
+        .unwrap();
+        let Command::Routes(RoutesCommand::Add(add)) = cli.command else {
+            panic!("not routes add");
+        };
+        assert_eq!(add.message_id_field.as_deref(), Some("/meta/id"));
 
         assert!(matches!(
             parse(&["routes", "list", "--json"]).unwrap().command,
@@ -540,6 +565,15 @@ mod tests {
             (Duration::from_millis(500), Duration::from_secs(120))
         );
         assert_eq!(b.run_id.as_deref(), Some("smoke1"));
+        assert!(!b.broker_only);
+
+        // A broker-only run needs no route; any other run does.
+        let cli = parse(&["bench", "--broker-only", "--transport", "mqtt"]).unwrap();
+        let Command::Bench(b) = cli.command else {
+            panic!("not bench")
+        };
+        assert!(b.broker_only && b.route.is_none());
+        assert!(parse(&["bench", "--transport", "mqtt"]).is_err());
     }
 
     #[test]

@@ -79,7 +79,11 @@ fn fail(err: &anyhow::Error) -> ExitCode {
 /// Runs the command and returns what to print.
 async fn run(cli: Cli) -> anyhow::Result<String> {
     let options = ClientOptions::default().with_total_timeout(cli.timeout);
-    let client = Client::connect_with(cli.addrs.iter().cloned(), options).await?;
+    let client = match &cli.command {
+        // No node involved: do not insist on reaching one.
+        Command::Bench(args) if args.broker_only => Client::new(cli.addrs.iter().cloned(), options)?,
+        _ => Client::connect_with(cli.addrs.iter().cloned(), options).await?,
+    };
     let consistency = if cli.local {
         ReadConsistency::Local
     } else {
@@ -285,6 +289,7 @@ fn route_from_args(add: &AddRoute) -> anyhow::Result<Route> {
         group: add.group.clone().unwrap_or_default(),
         version: 0,
         priority: add.priority,
+        message_id_field: add.message_id_field.clone().unwrap_or_default(),
     })
 }
 
@@ -399,7 +404,8 @@ async fn apply_routes(client: &Client, wanted: Vec<Route>) -> anyhow::Result<Vec
 /// The bench of `args`; `timeout` (the global --timeout) also bounds the wait for MQTT
 /// acknowledgements once sending stopped.
 fn bench_config(args: &BenchArgs, timeout: std::time::Duration) -> BenchConfig {
-    let mut config = BenchConfig::new(args.route.clone());
+    let mut config = BenchConfig::new(args.route.clone().unwrap_or_default());
+    config.broker_only = args.broker_only;
     config.ack_timeout = timeout;
     config.topic_template = args.topic_template.clone();
     config.keys = args.keys;

@@ -395,6 +395,9 @@ pub struct RouteJson<'a> {
     pub handler: HandlerJson<'a>,
     pub priority: i32,
     pub version: u64,
+    /// JSON pointer to the message id in payloads; absent: ids are generated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id_field: Option<&'a str>,
 }
 
 /// A handler in JSON, tagged by `kind`.
@@ -514,6 +517,7 @@ pub fn route_json(route: &Route) -> RouteJson<'_> {
         handler: handler_json(route),
         priority: route.priority,
         version: route.version,
+        message_id_field: non_empty(&route.message_id_field),
     }
 }
 
@@ -659,7 +663,7 @@ pub fn routes_text(routes: &[Route]) -> String {
 
 /// Human view of one route.
 pub fn route_text(route: &Route) -> String {
-    key_values(&[
+    let mut rows = vec![
         ("Name", route.name.clone()),
         ("Pattern", route.pattern.clone()),
         ("Group", or_dash(&route.group).to_string()),
@@ -677,7 +681,11 @@ pub fn route_text(route: &Route) -> String {
         ("QoS", route.qos.to_string()),
         ("Priority", route.priority.to_string()),
         ("Version", route.version.to_string()),
-    ])
+    ];
+    if !route.message_id_field.is_empty() {
+        rows.push(("Message id", format!("payload field {}", route.message_id_field)));
+    }
+    key_values(&rows)
 }
 
 /// Human view of a route write.
@@ -829,7 +837,7 @@ pub fn bench_text(report: &BenchReport) -> String {
         report.concurrency,
         report.payload_bytes
     );
-    out.push_str(&key_values(&[
+    let mut rows = vec![
         (
             "Messages",
             format!(
@@ -845,7 +853,26 @@ pub fn bench_text(report: &BenchReport) -> String {
         ),
         ("Latency", latency),
         ("Errors", errors),
-    ]));
+    ];
+    if let Some(d) = &report.delivery {
+        let place = match d.measured_at {
+            "subscriber" => "the subscriber (broker only)",
+            _ => "the journals",
+        };
+        let latency = d.latency_us.as_ref().map_or("-".to_string(), |l| {
+            format!("publish to delivery p50 {}, p99 {}", micros(l.p50), micros(l.p99))
+        });
+        rows.push((
+            "End to end",
+            format!(
+                "{:.1} msg/s into {place}: {} messages in {:.3} s from the first publish; {latency}",
+                d.throughput_per_s,
+                d.delivered,
+                d.span_ms as f64 / 1000.0
+            ),
+        ));
+    }
+    out.push_str(&key_values(&rows));
     if let Some(v) = &report.verify {
         out.push('\n');
         if v.verdict != Verdict::Error {
@@ -1138,6 +1165,7 @@ mod tests {
 
     // ---- routes, publish, journal, bench ----
 
+    use routemq_client::bench::delivery::Delivery;
     use routemq_client::bench::verify::{self as bench_verify, KeyCheck};
     use routemq_client::bench::Latency;
     use routemq_client::proto::{JournalHandler, RepublishHandler};
@@ -1155,6 +1183,7 @@ mod tests {
             group: String::new(),
             version: 42,
             priority: 0,
+            message_id_field: String::new(),
         }
     }
 
@@ -1359,6 +1388,7 @@ mod tests {
         BenchReport {
             run_id: "ab12cd34".into(),
             transport: "mqtt",
+            target: "cluster",
             ack: "broker_puback",
             route: "bench".into(),
             topic_template: "bench/{key}/data".into(),
@@ -1410,6 +1440,13 @@ mod tests {
                 true,
                 std::time::Duration::from_millis(3_400),
             )),
+            delivery: Some(Delivery {
+                measured_at: "journal",
+                delivered: 9_998,
+                span_ms: 4_000,
+                throughput_per_s: 2499.5,
+                latency_us: None,
+            }),
         }
     }
 
@@ -1423,6 +1460,7 @@ mod tests {
             vec![
                 "ack",
                 "concurrency",
+                "delivery",
                 "duration_ms",
                 "errors",
                 "keys",
@@ -1436,6 +1474,7 @@ mod tests {
                 "route",
                 "run_id",
                 "stopped_by",
+                "target",
                 "target_rate",
                 "throughput_per_s",
                 "topic_template",
@@ -1494,6 +1533,7 @@ mod tests {
             "9998 acknowledged (PUBACK from the broker, not the cluster), 2 failed",
             "p50 0.70 ms, p90 1.50 ms, p99 4.00 ms, max 1.20 s",
             "Errors:     no_puback 2",
+            "End to end: 2499.5 msg/s into the journals: 9998 messages in 4.000 s from the first publish; -",
             "2 keys, 39 entries of this run, settled after 3.4 s",
             "Delivered: 37 of 38 acknowledged messages",
             "1 lost, 0 duplicated, 0 reordered, 0 unexpected; 2 unacknowledged but present",

@@ -19,6 +19,7 @@
 //!                                # | { custom = { name = "billing" } }; default "log"
 //! group = "plant1"               # optional route-group prefix
 //! priority = 0                   # optional, lower matches first
+//! message_id_field = "/id"       # optional JSON pointer to the message id in JSON payloads
 //! ```
 //!
 //! The node's own form (`mode = { kind = "shared", worker_count = 4 }`,
@@ -235,7 +236,7 @@ fn one_line(text: &str) -> String {
 }
 
 fn route_from_table(fields: &Table) -> Result<Route, String> {
-    const KNOWN: [&str; 8] = [
+    const KNOWN: [&str; 9] = [
         "name",
         "pattern",
         "key_param",
@@ -244,6 +245,7 @@ fn route_from_table(fields: &Table) -> Result<Route, String> {
         "handler",
         "group",
         "priority",
+        "message_id_field",
     ];
     if let Some(key) = fields.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(format!("unknown field {key:?} (known: {})", KNOWN.join(", ")));
@@ -252,6 +254,7 @@ fn route_from_table(fields: &Table) -> Result<Route, String> {
     let pattern = required_str(fields, "pattern")?;
     let key_param = optional_str(fields, "key_param")?.unwrap_or_default();
     let group = optional_str(fields, "group")?.unwrap_or_default();
+    let message_id_field = optional_str(fields, "message_id_field")?.unwrap_or_default();
     let qos = optional_int(fields, "qos", 0, u32::MAX as i64)?.unwrap_or(0) as u32;
     let priority = optional_int(fields, "priority", i32::MIN as i64, i32::MAX as i64)?.unwrap_or(0) as i32;
     let (mode, worker_count) = match fields.get("mode") {
@@ -275,6 +278,7 @@ fn route_from_table(fields: &Table) -> Result<Route, String> {
         group,
         version: 0,
         priority,
+        message_id_field,
     })
 }
 
@@ -490,6 +494,7 @@ mod tests {
             key_param = "device_id"
             qos = 1
             handler = "journal"
+            message_id_field = "/id"
 
             [[route]]
             name = "fanout"
@@ -525,7 +530,9 @@ mod tests {
             ("telemetry", "device_id", 1, RouteMode::Ordered as i32, 0)
         );
         assert!(is_journal(t));
+        assert_eq!(t.message_id_field, "/id");
         let f = &routes[1];
+        assert_eq!(f.message_id_field, "");
         assert_eq!(
             (f.mode, f.worker_count, f.priority),
             (RouteMode::Shared as i32, 4, -2)
@@ -553,6 +560,10 @@ mod tests {
             (
                 "[[route]]\nname = \"a\"\npattern = \"a\"\nworkers = 3",
                 "unknown field \"workers\"",
+            ),
+            (
+                "[[route]]\nname = \"a\"\npattern = \"a\"\nmessage_id_field = 1",
+                "message_id_field: expected a string",
             ),
             (
                 "[[route]]\nname = \"a\"\npattern = \"a\"\nmode = \"fifo\"",

@@ -273,14 +273,6 @@ impl Dispatcher {
         }
     }
 
-    /// The ordering key of a topic under the current routes (None if no route matches).
-    pub fn ordering_key(&self, topic: &str) -> Option<String> {
-        let view = self.config.local_view();
-        view.routes
-            .route_for(topic)
-            .map(|m| format!("{}\u{0}{}", m.route().name(), m.key()))
-    }
-
     /// Reads a journal: from the local store if this node owns the key's partition, otherwise
     /// from the owner.
     pub async fn read_journal(
@@ -379,6 +371,16 @@ impl Dispatch for Dispatcher {
         message: InboundMessage,
     ) -> impl std::future::Future<Output = Result<Accepted, PublishError>> + Send {
         self.dispatch_inner(message)
+    }
+
+    /// `<route>\0<key>` of the route that takes `topic`; the topic itself when none does (its
+    /// dispatch fails anyway). Topics cannot contain NUL, so the two never collide.
+    fn ordering_key(&self, topic: &str) -> String {
+        let view = self.config.local_view();
+        match view.routes.route_for(topic) {
+            Some(m) => format!("{}\u{0}{}", m.route().name(), m.key()),
+            None => topic.to_string(),
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! The HTTP endpoint: `/health` (the process is alive and serving), `/ready` (joined and
-//! config caught up; 503 with the reason otherwise) and `/metrics` (Prometheus text format).
+//! The HTTP endpoint: `/health` (the process is alive and serving), `/ready` (joined, config
+//! caught up, lease valid, and the MQTT ingress able to reach the broker; 503 with the reason
+//! otherwise) and `/metrics` (Prometheus text format).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -27,6 +28,8 @@ pub struct Readiness {
     pub applied_index: u64,
     /// Committed index the leader gossips (0 if unknown).
     pub leader_committed_index: u64,
+    /// The MQTT ingress (absent without a broker).
+    pub mqtt: Option<crate::ingress::IngressReadiness>,
 }
 
 #[derive(Clone)]

@@ -72,9 +72,17 @@ impl PublishError {
 /// Takes messages into the cluster. Implemented by the node's dispatcher; ingress code depends
 /// only on this trait, so it can be tested with a fake.
 pub trait Dispatch: Send + Sync + 'static {
-    /// Resolves once the owner accepted the message, or with why not.
+    /// Resolves once the owner accepted the message, or with why not. Concurrent calls carry no
+    /// order between them: a caller that needs two messages processed in order dispatches the
+    /// second only after the first resolved.
     fn dispatch(
         &self,
         message: InboundMessage,
     ) -> impl Future<Output = Result<Accepted, PublishError>> + Send;
+
+    /// The ordering key of a message to `topic` under the current routes: messages with equal
+    /// keys must be dispatched one after the other to keep their order; messages with different
+    /// keys may be dispatched concurrently. Two topics whose messages share a route key must
+    /// map to the same value (coarser is slower, never wrong).
+    fn ordering_key(&self, topic: &str) -> String;
 }

@@ -46,6 +46,7 @@ pub fn ingress_plan(view: &ConfigView, node_id: &str) -> IngressPlan {
                 filter,
                 qos: route.qos(),
                 worker_count,
+                message_id_field: route.message_id_field().map(str::to_string),
             }),
             RouteMode::Ordered => {
                 if ordered_holder(view, route.name()) == Some(node_id) {
@@ -54,6 +55,7 @@ pub fn ingress_plan(view: &ConfigView, node_id: &str) -> IngressPlan {
                         filter,
                         qos: route.qos(),
                         client_id: ordered_client_id(&view.state.config.cluster_id, route.name()),
+                        message_id_field: route.message_id_field().map(str::to_string),
                     });
                 }
             }

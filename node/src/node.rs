@@ -45,7 +45,7 @@ use crate::forward::{ForwardService, Forwarder};
 use crate::handler::{HandlerContext, HandlerRegistry, NoBroker, Publisher};
 use crate::handoff::HandoffService;
 use crate::http::Readiness;
-use crate::ingress::{spawn_ingress, IngressPlan};
+use crate::ingress::{spawn_ingress, IngressPlan, IngressStatusSource};
 use crate::journal::Journal;
 use crate::lease::LeaseStatus;
 use crate::membership::{GossipSettings, Lifecycle, Membership, MembershipError, SelfInfo};
@@ -403,7 +403,8 @@ pub async fn run_with(
         .add_service(ClusterServer::new(api))
         .add_service(RoutesServer::new(RoutesApi::new(config.clone())))
         .add_service(
-            MessagesServer::new(MessagesApi::new(dispatcher.clone())).max_decoding_message_size(16 << 20),
+            MessagesServer::new(MessagesApi::new(dispatcher.clone(), config.clone()))
+                .max_decoding_message_size(16 << 20),
         )
         .add_service(
             ForwardServer::new(ForwardService::new(dispatcher.clone(), cancel.clone()))
@@ -429,7 +430,10 @@ pub async fn run_with(
             tasks.spawn(async move {
                 grpc_server
                     .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                        // TCP_NODELAY: a small answer must not wait for the client's delayed
+                        // ACK (40 ms per unary publish without it).
+                        tonic::transport::server::TcpIncoming::from(grpc_listener)
+                            .with_nodelay(Some(true)),
                         cancel.cancelled_owned(),
                     )
                     .await
@@ -484,6 +488,7 @@ pub async fn run_with(
                 coordinator: coordinator.clone(),
                 fence: fence.clone(),
                 processor: processor.clone(),
+                ingress: ingress.as_ref().map(|i| i.status_source()),
                 readiness: readiness_tx,
                 health: health_reporter,
             };
@@ -822,6 +827,7 @@ struct StatusLoop {
     coordinator: Arc<Coordinator>,
     fence: Arc<Fence>,
     processor: Arc<Processor>,
+    ingress: Option<IngressStatusSource>,
     readiness: watch::Sender<Readiness>,
     health: tonic_health::server::HealthReporter,
 }
@@ -857,6 +863,8 @@ impl StatusLoop {
             let applied = view.applied_index();
             let leader_known = metrics.current_leader.is_some();
             let lease = self.fence.lease_status();
+            let mqtt = self.ingress.as_ref().map(|i| i.snapshot().readiness());
+            let mqtt_problem = mqtt.as_ref().and_then(|m| m.problem.clone());
             let (ready, reason) = if !member {
                 (false, "not a ring member in the applied config".to_string())
             } else if let LeaseStatus::Invalid(why) = &lease {
@@ -868,6 +876,8 @@ impl StatusLoop {
                     false,
                     format!("config catching up: applied {applied} of {leader_committed}"),
                 )
+            } else if let Some(problem) = mqtt_problem {
+                (false, problem)
             } else {
                 (true, "ready".to_string())
             };
@@ -889,6 +899,7 @@ impl StatusLoop {
                 leader_known,
                 applied_index: applied,
                 leader_committed_index: leader_committed,
+                mqtt,
             });
             self.membership
                 .set_lifecycle(if member {

@@ -90,6 +90,11 @@ pub struct StartArgs {
     /// `MQTT_CLIENT_ID`, `MQTT_GROUP_NAME`, `MQTT_TLS_*`). Without either, no MQTT ingress.
     #[arg(long, env = "ROUTEMQ_MQTT", value_name = "HOST:PORT")]
     pub mqtt: Option<String>,
+    /// Messages an ordered route's MQTT connection holds at once: different keys are dispatched
+    /// concurrently, each key in order, PUBACKs in arrival order; 1 = one at a time
+    /// [default: 256].
+    #[arg(long, env = "ROUTEMQ_MQTT_ORDERED_IN_FLIGHT", value_name = "N")]
+    pub mqtt_ordered_in_flight: Option<usize>,
     /// Largest accepted message payload in bytes [default: 262144].
     #[arg(long, env = "ROUTEMQ_MAX_PAYLOAD_BYTES")]
     pub max_payload_bytes: Option<usize>,
@@ -148,6 +153,7 @@ pub struct FileSettings {
     log_format: Option<LogFormat>,
     routes: Option<PathBuf>,
     mqtt: Option<String>,
+    mqtt_ordered_in_flight: Option<usize>,
     max_payload_bytes: Option<usize>,
     lease_ms: Option<u64>,
     failover_timeout_ms: Option<u64>,
@@ -458,7 +464,11 @@ impl Settings {
             },
             failover_timeout: Duration::from_millis(failover_timeout_ms),
             leave_timeout: Duration::from_millis(leave_timeout_ms),
-            mqtt: resolve_mqtt(args.mqtt.or(file.mqtt), &node_id_for_mqtt)?,
+            mqtt: resolve_mqtt(
+                args.mqtt.or(file.mqtt),
+                args.mqtt_ordered_in_flight.or(file.mqtt_ordered_in_flight),
+                &node_id_for_mqtt,
+            )?,
         })
     }
 }
@@ -482,7 +492,11 @@ pub fn load_routes(path: &Path) -> Result<Vec<RouteSpec>, SettingsError> {
 
 /// MQTT settings from the `MQTT_*` environment, with `--mqtt HOST:PORT` taking precedence.
 /// None when neither names a broker.
-fn resolve_mqtt(flag: Option<String>, node_id: &str) -> Result<Option<IngressSettings>, SettingsError> {
+fn resolve_mqtt(
+    flag: Option<String>,
+    ordered_in_flight: Option<usize>,
+    node_id: &str,
+) -> Result<Option<IngressSettings>, SettingsError> {
     let env_broker = std::env::var("MQTT_BROKER").ok().filter(|v| !v.trim().is_empty());
     if flag.is_none() && env_broker.is_none() {
         return Ok(None);
@@ -502,6 +516,9 @@ fn resolve_mqtt(flag: Option<String>, node_id: &str) -> Result<Option<IngressSet
         mqtt.port = port;
     }
     mqtt.node_id = node_id.to_string();
+    if let Some(n) = ordered_in_flight {
+        mqtt.ordered_max_in_flight = n;
+    }
     mqtt.validate()
         .map_err(|e| invalid("MQTT settings", e.to_string()))?;
     Ok(Some(mqtt))
@@ -602,6 +619,35 @@ mod tests {
                 "accepted {debug}"
             );
         }
+    }
+
+    #[test]
+    fn ordered_mqtt_window_from_file_flag_or_default() {
+        let file = |extra: &str| {
+            FileSettings::parse(
+                Path::new("t.toml"),
+                &format!("mqtt = \"127.0.0.1:1883\"\n{extra}"),
+            )
+            .unwrap()
+        };
+        let window = |settings: Settings| settings.mqtt.map(|m| m.ordered_max_in_flight);
+        assert_eq!(window(Settings::merge(args("n1"), file("")).unwrap()), Some(256));
+        let from_file = Settings::merge(args("n1"), file("mqtt_ordered_in_flight = 16")).unwrap();
+        assert_eq!(window(from_file), Some(16));
+        let flag = StartArgs {
+            mqtt_ordered_in_flight: Some(1),
+            ..args("n1")
+        };
+        assert_eq!(
+            window(Settings::merge(flag, file("mqtt_ordered_in_flight = 16")).unwrap()),
+            Some(1)
+        );
+        let zero = StartArgs {
+            mqtt_ordered_in_flight: Some(0),
+            ..args("n1")
+        };
+        let err = Settings::merge(zero, file("")).unwrap_err();
+        assert!(err.to_string().contains("ordered_max_in_flight"), "{err}");
     }
 
     #[test]

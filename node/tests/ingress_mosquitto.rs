@@ -2,7 +2,8 @@
 //!
 //! Every test starts its own broker on a free loopback port and is bounded in time. The bench
 //! is ignored by default:
-//! `cargo test -p routemq-node --test ingress_mosquitto -- --ignored --nocapture bench`
+//! `cargo nextest run --workspace --run-ignored only -E 'test(bench_ordered_route_throughput)' --no-capture`
+//! (knobs: `BENCH_MESSAGES`, `BENCH_SLOW_MESSAGES`, `BENCH_KEYS`, `BENCH_ORDERED_IN_FLIGHT`).
 
 #[path = "support/mosquitto.rs"]
 mod mosquitto;
@@ -70,6 +71,12 @@ struct FakeDispatcher {
     accepted: Mutex<Vec<InboundMessage>>,
     /// Time spent in `Act::Slow` dispatches.
     busy: Mutex<Duration>,
+    /// Topics with a dispatch running now.
+    running: Mutex<Vec<String>>,
+    /// Most dispatches running at once.
+    max_running: AtomicU64,
+    /// Dispatches that started while another of the same topic (ordering key) was running.
+    overlaps: AtomicU64,
 }
 
 impl FakeDispatcher {
@@ -80,6 +87,9 @@ impl FakeDispatcher {
             attempts: Mutex::new(Vec::new()),
             accepted: Mutex::new(Vec::new()),
             busy: Mutex::new(Duration::ZERO),
+            running: Mutex::new(Vec::new()),
+            max_running: AtomicU64::new(0),
+            overlaps: AtomicU64::new(0),
         })
     }
 
@@ -102,6 +112,30 @@ impl FakeDispatcher {
     fn accepted_seqs(&self) -> Vec<u64> {
         self.accepted().iter().map(seq_of).collect()
     }
+
+    /// Sequence numbers accepted per topic, in answer order.
+    fn accepted_by_topic(&self) -> std::collections::BTreeMap<String, Vec<u64>> {
+        let mut by_topic = std::collections::BTreeMap::<String, Vec<u64>>::new();
+        for m in self.accepted() {
+            by_topic.entry(m.topic.clone()).or_default().push(seq_of(&m));
+        }
+        by_topic
+    }
+}
+
+/// Removes the topic from the running set when a dispatch ends (or is dropped).
+struct Running<'a> {
+    dispatcher: &'a FakeDispatcher,
+    topic: String,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut running = self.dispatcher.running.lock().unwrap();
+        if let Some(i) = running.iter().position(|t| *t == self.topic) {
+            running.swap_remove(i);
+        }
+    }
 }
 
 impl Dispatch for FakeDispatcher {
@@ -113,6 +147,18 @@ impl Dispatch for FakeDispatcher {
         let act = (self.behaviour)(call, &message);
         self.attempts.lock().unwrap().push(message.clone());
         async move {
+            let _running = {
+                let mut running = self.running.lock().unwrap();
+                if running.contains(&message.topic) {
+                    self.overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                running.push(message.topic.clone());
+                self.max_running.fetch_max(running.len() as u64, Ordering::SeqCst);
+                Running {
+                    dispatcher: self,
+                    topic: message.topic.clone(),
+                }
+            };
             match act {
                 Act::Accept => {}
                 Act::Slow(d) => {
@@ -134,6 +180,11 @@ impl Dispatch for FakeDispatcher {
                 epoch: 1,
             })
         }
+    }
+
+    /// One key per topic, as a route keyed by the whole topic.
+    fn ordering_key(&self, topic: &str) -> String {
+        topic.to_string()
     }
 }
 
@@ -181,6 +232,7 @@ fn ordered(route: &str, filter: &str, client_id: &str) -> OrderedSubscription {
         filter: filter.into(),
         qos: 1,
         client_id: client_id.into(),
+        message_id_field: None,
     }
 }
 
@@ -190,6 +242,7 @@ fn shared(route: &str, filter: &str, worker_count: u32) -> SharedSubscription {
         filter: filter.into(),
         qos: 1,
         worker_count,
+        message_id_field: None,
     }
 }
 
@@ -417,7 +470,155 @@ async fn ordered_route_retries_in_place_on_retryable_failures() {
         );
         let st = ingress.status();
         assert_eq!(st.connections[0].retries, failures as u64);
+        // A retry is the same delivery: it keeps its (generated) message id.
+        for pair in attempts.windows(2).filter(|w| seq_of(&w[0]) == seq_of(&w[1])) {
+            assert_eq!(
+                pair[0].message_id,
+                pair[1].message_id,
+                "retry of {}",
+                seq_of(&pair[0])
+            );
+        }
+        let ids: HashSet<&str> = attempts.iter().map(|m| m.message_id.as_str()).collect();
+        assert_eq!(ids.len(), 500, "one id per message");
         println!("ordered route with retryable failures: {failures} retries, order kept");
+        ingress.handle.shutdown().await;
+    })
+    .await;
+}
+
+/// `keys` topics `orders/k<i>`, each with `per_key` messages `0..per_key`, interleaved the way
+/// many devices publish: k0/0, k1/0, ..., k0/1, k1/1, ...
+fn interleaved(keys: usize, per_key: u64) -> Vec<(String, Vec<u8>)> {
+    (0..per_key)
+        .flat_map(|seq| (0..keys).map(move |k| (format!("orders/k{k}"), payload(seq, 32))))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ordered_route_dispatches_keys_concurrently_and_each_key_in_order() {
+    bounded(async {
+        let broker = Mosquitto::start();
+        let dispatcher = FakeDispatcher::new(|_, _| Act::Slow(Duration::from_millis(3)));
+        let plan = IngressPlan {
+            shared: vec![],
+            ordered_held: vec![ordered("orders", "orders/#", "routemq-orders-keys")],
+        };
+        let ingress = Ingress::start(settings(broker.port(), "n1"), dispatcher.clone(), plan);
+        ingress.ready(1).await;
+
+        const KEYS: usize = 40;
+        const PER_KEY: u64 = 25;
+        let n = KEYS * PER_KEY as usize;
+        publish_all(broker.port(), "pub-keys", interleaved(KEYS, PER_KEY)).await;
+        wait_for("every message accepted", Duration::from_secs(60), || {
+            dispatcher.accepted_count() >= n
+        })
+        .await;
+        wait_for("every message acknowledged", Duration::from_secs(10), || {
+            ingress.status().connections[0].acked == n as u64
+        })
+        .await;
+        let by_topic = dispatcher.accepted_by_topic();
+        assert_eq!(by_topic.len(), KEYS);
+        for (topic, seqs) in &by_topic {
+            assert_eq!(
+                seqs,
+                &(0..PER_KEY).collect::<Vec<u64>>(),
+                "{topic}: in order, once each"
+            );
+        }
+        assert_eq!(dispatcher.attempts().len(), n, "each dispatched once");
+        assert_eq!(
+            dispatcher.overlaps.load(Ordering::SeqCst),
+            0,
+            "never two messages of one key at once"
+        );
+        let max_running = dispatcher.max_running.load(Ordering::SeqCst);
+        assert!(
+            max_running > 1,
+            "messages of different keys are dispatched concurrently (at most {max_running} at once)"
+        );
+        println!("{KEYS} keys x {PER_KEY}: up to {max_running} dispatches at once, each key in order");
+        ingress.handle.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ordered_route_retry_holds_its_key_and_lets_the_others_through() {
+    bounded(async {
+        let broker = Mosquitto::start();
+        // k0's message 3 fails retryably its first 10 times.
+        let failures = Mutex::new(0u32);
+        let dispatcher = FakeDispatcher::new(move |_, m| {
+            if m.topic == "orders/k0" && seq_of(m) == 3 {
+                let mut failures = failures.lock().unwrap();
+                if *failures < 10 {
+                    *failures += 1;
+                    return Act::Retry;
+                }
+            }
+            Act::Accept
+        });
+        let plan = IngressPlan {
+            shared: vec![],
+            ordered_held: vec![ordered("orders", "orders/#", "routemq-orders-hol")],
+        };
+        let ingress = Ingress::start(settings(broker.port(), "n1"), dispatcher.clone(), plan);
+        ingress.ready(1).await;
+
+        const KEYS: usize = 8;
+        const PER_KEY: u64 = 20;
+        let n = KEYS * PER_KEY as usize;
+        publish_all(broker.port(), "pub-hol", interleaved(KEYS, PER_KEY)).await;
+        wait_for("every message accepted", Duration::from_secs(60), || {
+            dispatcher.accepted_count() >= n
+        })
+        .await;
+        wait_for("every message acknowledged", Duration::from_secs(10), || {
+            ingress.status().connections[0].acked == n as u64
+        })
+        .await;
+        for (topic, seqs) in dispatcher.accepted_by_topic() {
+            assert_eq!(
+                seqs,
+                (0..PER_KEY).collect::<Vec<u64>>(),
+                "{topic}: in order, once each"
+            );
+        }
+        let attempts = dispatcher.attempts();
+        assert_eq!(
+            attempts.len(),
+            n + 10,
+            "the 10 failures were retried, nothing else twice"
+        );
+        // k0 never skips ahead: its attempts are 0, 1, 2, 3 x 11, 4, 5, ...
+        let k0: Vec<u64> = attempts
+            .iter()
+            .filter(|m| m.topic == "orders/k0")
+            .map(seq_of)
+            .collect();
+        assert!(
+            k0.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1),
+            "k0 never skips ahead: {k0:?}"
+        );
+        // While k0/3 was failing, other keys' messages were dispatched.
+        let first_failure = attempts
+            .iter()
+            .position(|m| m.topic == "orders/k0" && seq_of(m) == 3)
+            .expect("k0/3 tried");
+        let success = attempts
+            .iter()
+            .rposition(|m| m.topic == "orders/k0" && seq_of(m) == 3)
+            .expect("k0/3 tried");
+        let others = attempts[first_failure..success]
+            .iter()
+            .filter(|m| m.topic != "orders/k0")
+            .count();
+        assert!(others > 0, "the other keys waited for k0's retries");
+        assert_eq!(ingress.status().connections[0].retries, 10);
+        println!("k0/3 retried 10 times; meanwhile {others} messages of other keys were dispatched");
         ingress.handle.shutdown().await;
     })
     .await;
@@ -546,6 +747,178 @@ async fn failover_resumes_the_persistent_session_in_order() {
             b_seqs.len(),
             b_seqs.first()
         );
+        b.handle.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_with_many_keys_repeats_at_most_one_message_per_key_in_place() {
+    bounded(async {
+        // Holder A dispatches 4 keys concurrently and gets stuck on k1's message 5; messages
+        // of other keys that A processed after that one stay unacknowledged. After A crashes,
+        // B receives every unacknowledged message again: per key, at most one that A had
+        // processed, right after A's copy, never after a later message of its key.
+        let broker = Mosquitto::start();
+        let client_id = "routemq-orders-failover-keys";
+        let plan = IngressPlan {
+            shared: vec![],
+            ordered_held: vec![ordered("orders", "orders/#", client_id)],
+        };
+        let a_dispatcher = FakeDispatcher::new(|_, m| {
+            if m.topic == "orders/k1" && seq_of(m) == 5 {
+                Act::Hang
+            } else {
+                Act::Accept
+            }
+        });
+        let a = Ingress::start(
+            settings(broker.port(), "node-a"),
+            a_dispatcher.clone(),
+            plan.clone(),
+        );
+        a.ready(1).await;
+        const KEYS: usize = 4;
+        const PER_KEY: u64 = 50;
+        publish_all(broker.port(), "pub-failover-keys", interleaved(KEYS, PER_KEY)).await;
+        wait_for("A is stuck on k1/5", Duration::from_secs(30), || {
+            a_dispatcher
+                .attempts()
+                .iter()
+                .any(|m| m.topic == "orders/k1" && seq_of(m) == 5)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        a.handle.abort().await;
+
+        let b_dispatcher = FakeDispatcher::accepting();
+        let b = Ingress::start(settings(broker.port(), "node-b"), b_dispatcher.clone(), plan);
+        wait_for(
+            "B receives every key's last message",
+            Duration::from_secs(30),
+            || {
+                let by_topic = b_dispatcher.accepted_by_topic();
+                by_topic.len() == KEYS && by_topic.values().all(|s| s.last() == Some(&(PER_KEY - 1)))
+            },
+        )
+        .await;
+
+        let a_by_topic = a_dispatcher.accepted_by_topic();
+        let b_by_topic = b_dispatcher.accepted_by_topic();
+        let mut repeats = 0;
+        for k in 0..KEYS {
+            let topic = format!("orders/k{k}");
+            let merged: Vec<u64> = a_by_topic
+                .get(&topic)
+                .into_iter()
+                .flatten()
+                .chain(b_by_topic.get(&topic).into_iter().flatten())
+                .copied()
+                .collect();
+            let distinct: HashSet<u64> = merged.iter().copied().collect();
+            assert_eq!(
+                distinct,
+                (0..PER_KEY).collect::<HashSet<u64>>(),
+                "{topic}: nothing lost"
+            );
+            assert!(
+                merged.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1),
+                "{topic}: a repeat only in place: {merged:?}"
+            );
+            let key_repeats = merged.len() - distinct.len();
+            assert!(key_repeats <= 1, "{topic}: {key_repeats} repeats: {merged:?}");
+            repeats += key_repeats;
+        }
+        println!(
+            "failover with {KEYS} keys: A accepted {}, B accepted {}, {repeats} repeated in place",
+            a_dispatcher.accepted_count(),
+            b_dispatcher.accepted_count()
+        );
+        b.handle.shutdown().await;
+    })
+    .await;
+}
+
+/// A JSON payload `{"id":"m-<seq>","seq":<seq>}`, or, for `plain`, a payload that is not JSON.
+fn json_payload(seq: u64, plain: bool) -> Vec<u8> {
+    if plain {
+        format!("{seq} not json").into_bytes()
+    } else {
+        format!(r#"{{"id":"m-{seq}","seq":{seq}}}"#).into_bytes()
+    }
+}
+
+/// The sequence number of a [`json_payload`].
+fn json_seq(m: &InboundMessage) -> u64 {
+    serde_json::from_slice::<serde_json::Value>(&m.payload)
+        .ok()
+        .and_then(|v| v["seq"].as_u64())
+        .unwrap_or_else(|| seq_of(m))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redelivery_after_failover_keeps_the_message_id_from_the_payload() {
+    bounded(async {
+        // The route reads message ids from `/id`: the copy a new holder receives after a
+        // session takeover carries the id of the message the dead holder was dispatching, so
+        // a journal keeps one. A payload without an id gets a generated one.
+        let broker = Mosquitto::start();
+        let client_id = "routemq-orders-ids";
+        let plan = IngressPlan {
+            shared: vec![],
+            ordered_held: vec![OrderedSubscription {
+                message_id_field: Some("/id".into()),
+                ..ordered("orders", "orders/#", client_id)
+            }],
+        };
+        let a_dispatcher = FakeDispatcher::new(|_, m| if json_seq(m) == 5 { Act::Hang } else { Act::Accept });
+        let a = Ingress::start(
+            settings(broker.port(), "node-a"),
+            a_dispatcher.clone(),
+            plan.clone(),
+        );
+        a.ready(1).await;
+        let messages = |range: std::ops::Range<u64>| -> Vec<(String, Vec<u8>)> {
+            range
+                .map(|seq| ("orders/dev1".to_string(), json_payload(seq, seq == 8)))
+                .collect()
+        };
+        publish_all(broker.port(), "pub-ids-1", messages(0..10)).await;
+        wait_for("A is stuck on message 5", Duration::from_secs(30), || {
+            a_dispatcher.attempts().iter().any(|m| json_seq(m) == 5)
+        })
+        .await;
+        // Crash: message 5 was never acknowledged.
+        a.handle.abort().await;
+
+        let b_dispatcher = FakeDispatcher::accepting();
+        let b = Ingress::start(settings(broker.port(), "node-b"), b_dispatcher.clone(), plan);
+        wait_for("B receives up to 9", Duration::from_secs(30), || {
+            b_dispatcher.accepted().iter().any(|m| json_seq(m) == 9)
+        })
+        .await;
+
+        let attempts: Vec<InboundMessage> = a_dispatcher
+            .attempts()
+            .into_iter()
+            .chain(b_dispatcher.attempts())
+            .collect();
+        let fives: Vec<&str> = attempts
+            .iter()
+            .filter(|m| json_seq(m) == 5)
+            .map(|m| m.message_id.as_str())
+            .collect();
+        assert_eq!(fives, ["m-5", "m-5"], "the redelivered copy keeps the id");
+        for m in &attempts {
+            let seq = json_seq(m);
+            if seq == 8 {
+                assert_eq!(m.message_id.len(), 36, "generated id: {:?}", m.message_id);
+            } else {
+                assert_eq!(m.message_id, format!("m-{seq}"));
+            }
+        }
+        let b_seqs: Vec<u64> = b_dispatcher.accepted().iter().map(json_seq).collect();
+        assert_eq!(b_seqs, (5..10).collect::<Vec<u64>>(), "B resumes in order");
         b.handle.shutdown().await;
     })
     .await;
@@ -926,13 +1299,21 @@ async fn plain_subscriber_drain(
 }
 
 /// Returns the drain time and the mean time spent inside `dispatch`.
+/// Drains `n` messages spread round-robin over `keys` topics `<prefix>/k<i>` through one
+/// ordered route. With `backlog` they are queued at the broker while the route is offline
+/// (Mosquitto then sends them all at once, beyond its in-flight window); otherwise they are
+/// published while it is connected (the broker's in-flight window applies). Returns the time
+/// from start (connect, or first publish) to the last acceptance, and the mean dispatch time.
+#[allow(clippy::too_many_arguments)]
 async fn ordered_route_drain(
     port: u16,
     client_id: &str,
     filter: &str,
-    topic: &str,
+    prefix: &str,
+    keys: usize,
     n: u64,
     act: Act,
+    backlog: bool,
 ) -> (Duration, Duration) {
     let plan = IngressPlan {
         shared: vec![],
@@ -940,26 +1321,52 @@ async fn ordered_route_drain(
     };
     let mut s = settings(port, "bench");
     s.max_payload_bytes = 1024;
-    // Create the session and its subscription, then go offline.
-    let first = Ingress::start(s.clone(), FakeDispatcher::accepting(), plan.clone());
-    first.ready(1).await;
-    first.handle.shutdown().await;
-    publish_all(port, "bench-pub-ordered", sequence(topic, 0..n, 100)).await;
-
+    if let Some(window) = std::env::var("BENCH_ORDERED_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        s.ordered_max_in_flight = window;
+    }
+    let keys = keys.max(1);
+    let per_key = n.div_ceil(keys as u64);
+    let n = per_key * keys as u64;
+    let messages: Vec<(String, Vec<u8>)> = (0..per_key)
+        .flat_map(|seq| (0..keys).map(move |k| (format!("{prefix}/k{k}"), payload(seq, 100))))
+        .collect();
     let dispatcher = FakeDispatcher::new(move |_, _| act);
-    let started = Instant::now();
-    let ingress = Ingress::start(s, dispatcher.clone(), plan);
+    let (started, ingress) = if backlog {
+        // Create the session and its subscription, then go offline.
+        let first = Ingress::start(s.clone(), FakeDispatcher::accepting(), plan.clone());
+        first.ready(1).await;
+        first.handle.shutdown().await;
+        publish_all(port, "bench-pub-ordered", messages).await;
+        (Instant::now(), Ingress::start(s, dispatcher.clone(), plan))
+    } else {
+        let ingress = Ingress::start(s, dispatcher.clone(), plan);
+        ingress.ready(1).await;
+        let started = Instant::now();
+        publish_all(port, "bench-pub-ordered", messages).await;
+        (started, ingress)
+    };
     wait_for("the ordered route drains", Duration::from_secs(300), || {
         dispatcher.accepted_count() as u64 >= n
     })
     .await;
     let elapsed = started.elapsed();
-    assert_eq!(
-        dispatcher.accepted_seqs(),
-        (0..n).collect::<Vec<u64>>(),
-        "in order, none lost"
-    );
+    let by_topic = dispatcher.accepted_by_topic();
+    assert_eq!(by_topic.len(), keys);
+    for (topic, seqs) in by_topic {
+        assert_eq!(
+            seqs,
+            (0..per_key).collect::<Vec<u64>>(),
+            "{topic}: in order, none lost"
+        );
+    }
     let busy = *dispatcher.busy.lock().unwrap();
+    println!(
+        "  ({keys} keys, {n} msgs: up to {} dispatches at once)",
+        dispatcher.max_running.load(Ordering::SeqCst)
+    );
     ingress.handle.shutdown().await;
     (elapsed, busy / n.max(1) as u32)
 }
@@ -986,22 +1393,35 @@ async fn bench_ordered_route_throughput() {
             let (filter, topic) = (format!("plain{round}/#"), format!("plain{round}/dev1"));
             plain.push(plain_subscriber_drain(broker.port(), &id, &filter, &topic, n, 100).await);
             let id = format!("bench-ordered-{round}");
-            let (filter, topic) = (format!("ordered{round}/#"), format!("ordered{round}/dev1"));
+            let (filter, prefix) = (format!("ordered{round}/#"), format!("ordered{round}"));
             ordered.push(
-                ordered_route_drain(broker.port(), &id, &filter, &topic, n, Act::Accept)
+                ordered_route_drain(broker.port(), &id, &filter, &prefix, 1, n, Act::Accept, true)
                     .await
                     .0,
             );
         }
-        let (slow, mean_dispatch) = ordered_route_drain(
-            broker.port(),
-            "bench-ordered-slow",
-            "slow/#",
-            "slow/dev1",
-            n_slow,
-            Act::Slow(latency),
-        )
-        .await;
+        let port = broker.port();
+        let slow_run = |name: &'static str, keys: usize, n: u64, backlog: bool| {
+            let filter = format!("{name}/#");
+            async move {
+                ordered_route_drain(
+                    port,
+                    &format!("bench-{name}"),
+                    &filter,
+                    name,
+                    keys,
+                    n,
+                    Act::Slow(latency),
+                    backlog,
+                )
+                .await
+            }
+        };
+        let (slow, mean_dispatch) = slow_run("slow", 1, n_slow, true).await;
+        let keys = from_env("BENCH_KEYS", 100) as usize;
+        let n_keys = n_slow * 5;
+        let (live_keys, live_dispatch) = slow_run("slowkeys", keys, n_keys, false).await;
+        let (backlog_keys, backlog_dispatch) = slow_run("slowbacklog", keys, n_keys, true).await;
         let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
         let mean = |v: &[Duration]| v.iter().sum::<Duration>() / v.len() as u32;
         println!("--- MQTT ingress drain, QoS 1, 100-byte payloads, Mosquitto on loopback, one run ---");
@@ -1025,6 +1445,18 @@ async fn bench_ordered_route_throughput() {
              measured dispatch latency {mean_dispatch:.2?} -> bound 1/latency = {:.0} msg/s",
             rate(n_slow, slow),
             1.0 / mean_dispatch.as_secs_f64().max(1e-9)
+        );
+        println!(
+            "one ordered route, sleep({latency:?}) dispatcher, {keys} keys, {n_keys} msgs published live \
+             (broker in-flight window 20): {:.0} msg/s ({live_keys:.2?}); dispatch latency {live_dispatch:.2?} \
+             -> bound 20/latency = {:.0} msg/s",
+            rate(n_keys, live_keys),
+            20.0 / live_dispatch.as_secs_f64().max(1e-9)
+        );
+        println!(
+            "one ordered route, sleep({latency:?}) dispatcher, {keys} keys, {n_keys} msgs queued while offline \
+             (sent at once on resume): {:.0} msg/s ({backlog_keys:.2?}); dispatch latency {backlog_dispatch:.2?}",
+            rate(n_keys, backlog_keys)
         );
     })
     .await;

@@ -149,6 +149,7 @@ fn spec(name: String, pattern: String, priority: i32) -> RouteSpec {
         mode: RouteMode::Shared { worker_count: 1 },
         handler: HandlerSpec::Log,
         priority,
+        message_id_field: None,
     }
 }
 

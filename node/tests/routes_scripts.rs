@@ -136,6 +136,7 @@ impl Runner for RoutesRunner {
                     mode,
                     handler,
                     priority,
+                    message_id_field: None,
                 });
                 self.apply(specs)?;
             }

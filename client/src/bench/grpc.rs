@@ -8,6 +8,7 @@ use std::time::Instant;
 use routemq_proto::v1::ReadConsistency;
 use tokio::sync::mpsc;
 
+use super::delivery::unix_us_now;
 use super::{error_name, BenchError, Message, Plan, ProducerResult};
 use crate::addr::normalize_addr;
 use crate::Client;
@@ -85,22 +86,24 @@ async fn lane(plan: Arc<Plan>, client: Client, mut messages: mpsc::Receiver<Mess
             continue;
         }
         let sent_at = Instant::now();
+        let mut record = message.record;
+        record.sent_unix_us = unix_us_now();
         match client
             .publish(message.topic, message.payload, Some(message.message_id))
             .await
         {
             Ok(response) if response.route == plan.route || response.route.is_empty() => {
-                result.acked(message.record, sent_at.elapsed());
+                result.acked(record, sent_at.elapsed());
                 plan.note_success();
             }
             Ok(response) => {
                 tracing::debug!(route = %response.route, "message taken by another route");
-                result.failed(message.record, "other_route");
+                result.failed(record, "other_route");
                 plan.note_failure();
             }
             Err(err) => {
                 tracing::debug!(error = %err, "publish failed");
-                result.failed(message.record, &error_name(&err));
+                result.failed(record, &error_name(&err));
                 plan.note_failure();
             }
         }

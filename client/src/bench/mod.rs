@@ -29,8 +29,22 @@
 //! Latency is measured per acknowledged message from the publish call to its acknowledgement
 //! (for MQTT this includes waiting in the client's queue). It is not corrected for coordinated
 //! omission: at a rate the cluster cannot keep up with, the pacing slips instead.
+//!
+//! ## Delivery
+//! With verification, the run also measures where the messages land ([`delivery`]): distinct
+//! messages in the journals over the time from the first publish to the last journal entry,
+//! and each message's publish-to-journal time. For MQTT this, not the PUBACK rate, is the
+//! cluster's throughput.
+//!
+//! ## Broker only
+//! [`BenchConfig::broker_only`] runs the same MQTT producers against the broker with no
+//! RouteMQ node: one rumqttc subscriber (QoS 1) takes the bench topics ([`subscriber`]), and
+//! what it receives is checked like journals and measured the same way. That is the baseline
+//! for "what the broker alone delivers to one MQTT client".
 
+pub mod delivery;
 pub mod payload;
+pub mod subscriber;
 pub mod verify;
 
 mod grpc;
@@ -48,7 +62,8 @@ use tonic::Code;
 
 pub use self::mqtt::parse_broker;
 use self::payload::Header;
-use self::verify::{check_key, summarize, unreadable, KeyCheck, Sent, VerifyReport};
+use self::subscriber::Subscriber;
+use self::verify::{check_key, summarize, summarize_at, unreadable, KeyCheck, Sent, VerifyReport};
 use crate::error::ClientError;
 use crate::spec::{effective_pattern, is_journal, key_of};
 use crate::Client;
@@ -63,7 +78,7 @@ const READ_CONCURRENCY: usize = 16;
 const PASS_INTERVAL: Duration = Duration::from_millis(300);
 
 /// Largest latency recorded, in microseconds (an hour); larger values are clamped.
-const MAX_LATENCY_US: u64 = 3_600_000_000;
+pub(crate) const MAX_LATENCY_US: u64 = 3_600_000_000;
 
 /// How messages are published.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +148,9 @@ pub struct BenchConfig {
     pub run_id: Option<String>,
     /// How long to wait for outstanding acknowledgements once sending stopped (MQTT).
     pub ack_timeout: Duration,
+    /// MQTT only: no cluster; one subscriber takes the messages from the broker (see the
+    /// module docs). The route is not looked up and the subscriber's stream is verified.
+    pub broker_only: bool,
 }
 
 impl BenchConfig {
@@ -153,6 +171,7 @@ impl BenchConfig {
             verify: None,
             run_id: None,
             ack_timeout: Duration::from_secs(10),
+            broker_only: false,
         }
     }
 
@@ -173,6 +192,9 @@ impl BenchConfig {
                 "{} producers for {} keys: every producer needs a key of its own",
                 self.producers, self.keys
             ));
+        }
+        if self.broker_only && self.transport == Transport::Grpc {
+            return invalid("a broker-only run publishes over MQTT: use the MQTT transport".into());
         }
         if let Transport::Mqtt { broker } = &self.transport {
             parse_broker(broker).map_err(BenchError::Invalid)?;
@@ -229,6 +251,8 @@ pub struct BenchReport {
     pub run_id: String,
     /// `grpc` or `mqtt`.
     pub transport: &'static str,
+    /// `cluster`, or `broker_only` (no node: one MQTT subscriber takes the messages).
+    pub target: &'static str,
     /// What an acknowledgement means: `cluster` (gRPC) or `broker_puback` (MQTT).
     pub ack: &'static str,
     /// Route name.
@@ -266,8 +290,11 @@ pub struct BenchReport {
     /// `deadline_exceeded`, `not_found`...), `no_reachable_node`, `other_route` (another route
     /// took the message), `connection_lost`, `no_puback`.
     pub errors: BTreeMap<String, u64>,
-    /// What reached the journals; null without `--verify`.
+    /// What reached the journals (the subscriber, broker-only); null without `--verify`.
     pub verify: Option<VerifyReport>,
+    /// How fast the messages reached the journals (the subscriber, broker-only), from the
+    /// first publish; null without `--verify` or when nothing arrived.
+    pub delivery: Option<delivery::Delivery>,
 }
 
 impl BenchReport {
@@ -286,6 +313,8 @@ pub(crate) struct Record {
     pub producer: u32,
     pub seq: u64,
     pub acked: bool,
+    /// Wall-clock time of the publish, microseconds since the Unix epoch (0: not sent).
+    pub sent_unix_us: u64,
 }
 
 /// What one producer did.
@@ -341,7 +370,7 @@ impl ProducerResult {
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
 }
 
@@ -424,6 +453,7 @@ impl Plan {
                 producer: p,
                 seq,
                 acked: false,
+                sent_unix_us: 0,
             },
             topic: self.topics[key_index as usize].clone(),
             payload: payload::encode(&header, self.payload_bytes),
@@ -511,24 +541,51 @@ pub fn new_run_id() -> String {
 
 /// Runs a bench: checks the route, publishes, and verifies when asked. `client` is used for
 /// the route lookup, the member list (gRPC producers are spread over the members) and the
-/// journal reads.
+/// journal reads; a broker-only run does not use it.
 pub async fn run(client: &Client, config: BenchConfig) -> Result<BenchReport, BenchError> {
     config.validate()?;
-    let route = client
-        .get_route(config.route.as_str(), ReadConsistency::Linearizable)
-        .await?
-        .ok_or_else(|| BenchError::Invalid(format!("no route named {:?}", config.route)))?;
     let run_id = config.run_id.clone().unwrap_or_else(new_run_id);
     let mut plan = Plan::new(&config, run_id);
-    let journal_keys = journal_keys(&route, &plan)?;
-    if config.verify.is_some() && !is_journal(&route) {
-        return Err(BenchError::Invalid(format!(
-            "route {:?} does not use the journal handler: --verify reads journals back",
-            route.name
-        )));
-    }
+    // The route, and the key each bench key is checked under (its journal key; broker-only:
+    // the bench key itself).
+    let (route, journal_keys) = if config.broker_only {
+        (None, plan.keys.clone())
+    } else {
+        let route = client
+            .get_route(config.route.as_str(), ReadConsistency::Linearizable)
+            .await?
+            .ok_or_else(|| BenchError::Invalid(format!("no route named {:?}", config.route)))?;
+        let journal_keys = journal_keys(&route, &plan)?;
+        if config.verify.is_some() && !is_journal(&route) {
+            return Err(BenchError::Invalid(format!(
+                "route {:?} does not use the journal handler: --verify reads journals back",
+                route.name
+            )));
+        }
+        (Some(route), journal_keys)
+    };
+    let subscriber = match (&config.transport, config.broker_only) {
+        (Transport::Mqtt { broker }, true) => {
+            let (host, port) = parse_broker(broker).map_err(BenchError::Invalid)?;
+            let started = Subscriber::start(
+                &host,
+                port,
+                format!("routemq-bench-{}-sub", plan.run_id),
+                subscriber::filter_of(&config.topic_template),
+                format!("{}-", plan.run_id),
+            )
+            .await
+            .map_err(|reason| BenchError::Mqtt {
+                broker: broker.clone(),
+                reason,
+            })?;
+            Some(started)
+        }
+        _ => None,
+    };
 
     let start = Instant::now();
+    let start_unix_us = delivery::unix_us_now();
     plan.deadline = config.duration.map(|d| start + d);
     let plan = std::sync::Arc::new(plan);
     let mut total = ProducerResult::new();
@@ -573,11 +630,119 @@ pub async fn run(client: &Client, config: BenchConfig) -> Result<BenchReport, Be
     }
 
     let mut report = report(&config, &plan, &total, start);
-    if let Some(options) = config.verify {
-        report.verify =
-            Some(verify_journals(client, &plan, &route, &journal_keys, &total.records, options).await);
+    let options = config.verify.unwrap_or_default();
+    match (subscriber, &route) {
+        (Some(subscriber), _) => {
+            let (verify, delivered) =
+                drain_subscriber(subscriber, &plan, &total.records, options, start_unix_us).await;
+            report.verify = Some(verify);
+            report.delivery = delivered;
+        }
+        (None, Some(route)) if config.verify.is_some() => {
+            let (verify, delivered) = verify_journals(
+                client,
+                &plan,
+                route,
+                &journal_keys,
+                &total.records,
+                options,
+                start_unix_us,
+            )
+            .await;
+            report.verify = Some(verify);
+            report.delivery = delivered;
+        }
+        _ => {}
     }
     Ok(report)
+}
+
+/// Publish time of every message sent, by identity.
+fn sent_times(plan: &Plan, records: &[Record]) -> HashMap<Header, u64> {
+    records
+        .iter()
+        .filter(|r| r.sent_unix_us > 0)
+        .map(|r| {
+            (
+                Header {
+                    key: plan.keys[r.key_index as usize].clone(),
+                    producer: r.producer,
+                    seq: r.seq,
+                },
+                r.sent_unix_us,
+            )
+        })
+        .collect()
+}
+
+/// Broker-only: waits until the subscriber has every message sent, or has received nothing
+/// new for `settle`, or `timeout` passed; then checks what it received like journals.
+async fn drain_subscriber(
+    subscriber: Subscriber,
+    plan: &Plan,
+    records: &[Record],
+    options: VerifyOptions,
+    start_unix_us: u64,
+) -> (VerifyReport, Option<delivery::Delivery>) {
+    let started = Instant::now();
+    let mut last_count = subscriber.received();
+    let mut last_growth = Instant::now();
+    let settled = loop {
+        if subscriber.distinct() >= records.len() {
+            break true;
+        }
+        let now = Instant::now();
+        let count = subscriber.received();
+        if count != last_count {
+            (last_count, last_growth) = (count, now);
+        }
+        if now.duration_since(last_growth) >= options.settle {
+            break true;
+        }
+        if now.duration_since(started) >= options.timeout {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let arrivals = match subscriber.stop().await {
+        Ok(arrivals) => arrivals,
+        Err(reason) => return (unreadable(&reason, started.elapsed()), None),
+    };
+    let mut entries: HashMap<&str, Vec<routemq_proto::v1::JournalEntry>> = HashMap::new();
+    for (offset, arrival) in arrivals.iter().enumerate() {
+        entries
+            .entry(arrival.header.key.as_str())
+            .or_default()
+            .push(routemq_proto::v1::JournalEntry {
+                offset: offset as u64,
+                topic: arrival.topic.clone(),
+                payload: arrival.payload.clone(),
+                processed_at_unix_ms: (arrival.at_unix_us / 1000) as i64,
+                ..Default::default()
+            });
+    }
+    let sent = sent_by_journal_key(plan, &plan.keys, records);
+    let checks: Vec<KeyCheck> = sent
+        .iter()
+        .map(|(key, sent)| {
+            let got = entries.get(key.as_str()).map_or(&[][..], Vec::as_slice);
+            check_key(&plan.run_id, key, sent, got)
+        })
+        .collect();
+    let verify = summarize_at(
+        checks,
+        true,
+        settled,
+        started.elapsed(),
+        "reached the subscriber for",
+    );
+    let delivered = delivery::delivery(
+        "subscriber",
+        start_unix_us,
+        &sent_times(plan, records),
+        arrivals.iter().map(|a| (a.header.clone(), a.at_unix_us)),
+    );
+    (verify, delivered)
 }
 
 /// The journal key of every bench key, checking that the route takes the bench's topics.
@@ -629,6 +794,11 @@ fn report(config: &BenchConfig, plan: &Plan, total: &ProducerResult, start: Inst
     BenchReport {
         run_id: plan.run_id.clone(),
         transport: config.transport.name(),
+        target: if config.broker_only {
+            "broker_only"
+        } else {
+            "cluster"
+        },
         ack: match config.transport {
             Transport::Grpc => "cluster",
             Transport::Mqtt { .. } => "broker_puback",
@@ -654,6 +824,7 @@ fn report(config: &BenchConfig, plan: &Plan, total: &ProducerResult, start: Inst
         latency_us: latency,
         errors: total.errors.clone(),
         verify: None,
+        delivery: None,
     }
 }
 
@@ -691,7 +862,8 @@ async fn verify_journals(
     journal_keys: &[String],
     records: &[Record],
     options: VerifyOptions,
-) -> VerifyReport {
+    start_unix_us: u64,
+) -> (VerifyReport, Option<delivery::Delivery>) {
     let started = Instant::now();
     let order_checked = route.mode == RouteMode::Ordered as i32;
     let sent = sent_by_journal_key(plan, journal_keys, records);
@@ -726,7 +898,8 @@ async fn verify_journals(
                     unread = Some(format!("journal of key {key:?}: {err}"));
                 }
                 Err(err) => {
-                    return unreadable(&format!("journal of key {key:?}: {err}"), started.elapsed());
+                    let reason = format!("journal of key {key:?}: {err}");
+                    return (unreadable(&reason, started.elapsed()), None);
                 }
             }
         }
@@ -743,10 +916,25 @@ async fn verify_journals(
             unread.is_none() && ((complete && !grew) || now.duration_since(last_growth) >= options.settle);
         let timed_out = now.duration_since(started) >= options.timeout;
         if let (Some(reason), true) = (&unread, timed_out) {
-            return unreadable(reason, started.elapsed());
+            return (unreadable(reason, started.elapsed()), None);
         }
         if settled || timed_out {
-            return summarize(checks, order_checked, settled, started.elapsed());
+            let run_prefix = format!("{}-", plan.run_id);
+            let arrivals = journals.values().flat_map(|(entries, _)| {
+                entries.iter().filter_map(|e| {
+                    let header = payload::decode(&e.payload).filter(|h| h.key.starts_with(&run_prefix))?;
+                    Some((
+                        header,
+                        (e.processed_at_unix_ms.max(0) as u64).saturating_mul(1000),
+                    ))
+                })
+            });
+            let delivered =
+                delivery::delivery("journal", start_unix_us, &sent_times(plan, records), arrivals);
+            return (
+                summarize(checks, order_checked, settled, started.elapsed()),
+                delivered,
+            );
         }
         tokio::time::sleep(PASS_INTERVAL).await;
     }
@@ -855,6 +1043,7 @@ mod tests {
             producer: 0,
             seq,
             acked: false,
+            sent_unix_us: 0,
         };
         total.acked(rec(0), Duration::from_millis(2));
         total.acked(rec(1), Duration::from_millis(4));

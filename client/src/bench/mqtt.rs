@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::Semaphore;
 
+use super::delivery::unix_us_now;
 use super::{Plan, ProducerResult, Record};
 
 /// How long to wait for the broker's CONNACK.
@@ -141,7 +142,8 @@ pub(super) async fn producer(
             // Closed: the connection was lost.
             Err(_) => break,
         }
-        let message = plan.message(p, seq, &own);
+        let mut message = plan.message(p, seq, &own);
+        message.record.sent_unix_us = unix_us_now();
         lock(&tracker).queued.push_back((message.record, Instant::now()));
         if client
             .publish(message.topic, QoS::AtLeastOnce, false, message.payload)
@@ -267,6 +269,7 @@ mod tests {
             producer: 0,
             seq,
             acked: false,
+            sent_unix_us: 0,
         };
         let now = Instant::now();
         let mut t = Tracker::default();

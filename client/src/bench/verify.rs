@@ -235,11 +235,19 @@ pub struct VerifyReport {
 }
 
 /// Adds up the per-key checks into a report and its verdict.
-pub fn summarize(
+pub fn summarize(checks: Vec<KeyCheck>, order_checked: bool, settled: bool, wait: Duration) -> VerifyReport {
+    summarize_at(checks, order_checked, settled, wait, "are in the journals of")
+}
+
+/// [`summarize`], for messages checked elsewhere than in journals: `place` completes the
+/// summary "PASS: all N acknowledged messages {place} their K keys" (e.g. "reached the
+/// subscriber for").
+pub fn summarize_at(
     mut checks: Vec<KeyCheck>,
     order_checked: bool,
     settled: bool,
     wait: Duration,
+    place: &str,
 ) -> VerifyReport {
     checks.sort_by(|a, b| a.key.cmp(&b.key));
     let sum = |f: fn(&KeyCheck) -> u64| checks.iter().map(f).sum::<u64>();
@@ -273,7 +281,7 @@ pub fn summarize(
             "order not checked (shared route)"
         };
         report.summary = format!(
-            "PASS: all {} acknowledged messages are in the journals of their {} keys, once each, {order}",
+            "PASS: all {} acknowledged messages {place} their {} keys, once each, {order}",
             report.acked, report.keys
         );
     } else {

@@ -49,6 +49,7 @@ pub fn encode(key: &str, value: u64) -> Route {
         group: String::new(),
         version: 0,
         priority: 0,
+        message_id_field: String::new(),
     }
 }
 

@@ -60,6 +60,7 @@ pub fn route() -> Route {
         group: String::new(),
         version: 0,
         priority: 0,
+        message_id_field: String::new(),
     }
 }
 

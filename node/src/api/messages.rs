@@ -3,6 +3,11 @@
 //! `Publish` answers once the key's owner accepted the message. `PublishStream` answers every
 //! request, in request order; requests for the same key are dispatched one after the other
 //! (so a producer's order per key survives retries and re-sends), other keys concurrently.
+//!
+//! A request with an empty `message_id` for a route with a `message_id_field` takes its id from
+//! the payload (a JSON pointer, as for MQTT), so that a producer resending the same payload is
+//! deduplicated by the journal; a payload without one is counted in
+//! `routemq_message_id_missing_total` and gets a generated id.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +22,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::publish_error_status;
+use crate::config::ConfigService;
 use crate::dispatch::Dispatcher;
+use crate::ingress::payload_message_id;
 use crate::message::{Dispatch, InboundMessage};
 
 /// Most requests of one stream in flight at once.
@@ -26,20 +33,35 @@ const STREAM_WINDOW: usize = 512;
 /// Implementation of `routemq.v1.Messages`.
 pub struct MessagesApi {
     dispatcher: Arc<Dispatcher>,
+    config: Arc<ConfigService>,
 }
 
 impl MessagesApi {
-    /// Serves publishes through `dispatcher`.
-    pub fn new(dispatcher: Arc<Dispatcher>) -> Self {
-        Self { dispatcher }
+    /// Serves publishes through `dispatcher`; the routes of `config` tell where a message
+    /// without a `message_id` finds one in its payload.
+    pub fn new(dispatcher: Arc<Dispatcher>, config: Arc<ConfigService>) -> Self {
+        Self { dispatcher, config }
     }
 }
 
-fn inbound(request: &pb::PublishRequest) -> InboundMessage {
+/// The message a request asks to publish. An empty `message_id` is taken from the payload when
+/// the topic's route (in the locally applied config) has a `message_id_field`, and otherwise
+/// left empty for the dispatcher to generate.
+fn inbound(config: &ConfigService, request: &pb::PublishRequest) -> InboundMessage {
+    let mut message_id = request.message_id.clone();
+    if message_id.is_empty() {
+        let routes = config.local_view().routes;
+        if let Some(found) = routes.route_for(&request.topic) {
+            let route = found.route();
+            if let Some(field) = route.message_id_field() {
+                message_id = payload_message_id(route.name(), field, &request.payload).unwrap_or_default();
+            }
+        }
+    }
     InboundMessage {
         topic: request.topic.clone(),
         payload: request.payload.clone(),
-        message_id: request.message_id.clone(),
+        message_id,
     }
 }
 
@@ -66,7 +88,7 @@ impl Messages for MessagesApi {
         let request = request.into_inner();
         let accepted = self
             .dispatcher
-            .dispatch(inbound(&request))
+            .dispatch(inbound(&self.config, &request))
             .await
             .map_err(|e| publish_error_status(&e))?;
         Ok(Response::new(response(request.request_id, accepted)))
@@ -80,6 +102,7 @@ impl Messages for MessagesApi {
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let mut requests = request.into_inner();
         let dispatcher = self.dispatcher.clone();
+        let config = self.config.clone();
         let (tx, rx) = mpsc::channel(STREAM_WINDOW);
         // Lives as long as the stream: ends when the client closes it or stops reading.
         tokio::spawn(async move {
@@ -91,15 +114,16 @@ impl Messages for MessagesApi {
                 tokio::select! {
                     next = requests.next(), if open && in_flight.len() < STREAM_WINDOW => match next {
                         Some(Ok(request)) => {
-                            let chain_key = dispatcher.ordering_key(&request.topic).unwrap_or_else(|| request.topic.clone());
+                            let chain_key = dispatcher.ordering_key(&request.topic);
                             let previous = tails.get(&chain_key).cloned();
                             let dispatcher = dispatcher.clone();
+                            let message = inbound(&config, &request);
                             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
                             let work = async move {
                                 if let Some(previous) = previous {
                                     previous.await;
                                 }
-                                let result = dispatcher.dispatch(inbound(&request)).await;
+                                let result = dispatcher.dispatch(message).await;
                                 let _ = done_tx.send(());
                                 match result {
                                     Ok(accepted) => response(request.request_id, accepted),

@@ -71,6 +71,7 @@ pub fn spec_from_pb(route: pb::Route) -> Result<RouteSpec, ApiError> {
         mode,
         handler,
         priority: route.priority,
+        message_id_field: (!route.message_id_field.is_empty()).then_some(route.message_id_field),
     })
 }
 
@@ -103,6 +104,7 @@ pub fn route_to_pb(stored: &StoredRoute) -> pb::Route {
         group: spec.group.clone(),
         version: stored.version,
         priority: spec.priority,
+        message_id_field: spec.message_id_field.clone().unwrap_or_default(),
     }
 }
 

@@ -4,8 +4,10 @@
 //! The poll loop owns the [`EventLoop`] and never waits on a dispatch: it forwards every
 //! PUBLISH to the worker over a bounded channel (for QoS 1/2 the broker's in-flight window
 //! bounds how many can be outstanding; a QoS 0 message that finds the channel full is dropped
-//! and counted, as QoS 0 allows). The worker dispatches and acknowledges through an
-//! [`AckGate`], which ties every message to the connection generation it arrived on:
+//! and counted, as QoS 0 allows). The worker dispatches (an ordered route's worker through the
+//! [`OrderedWindow`]: keys concurrently, each key in order, acknowledgements in arrival order)
+//! and acknowledges through an [`AckGate`], which ties every message to the connection
+//! generation it arrived on:
 //!
 //! - an acknowledgement is sent only on the connection the message came on (a packet id means
 //!   nothing on the next one, and could acknowledge a different message there);
@@ -30,9 +32,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::guard::{AfterPeerClose, Backoff, TakeoverGuard};
+use super::message_id::{generated_message_id, payload_message_id};
 use super::plan::{validate_topic_name, ConnSpec, SubscriptionMode};
 use super::settings::IngressSettings;
 use super::status::{ConnMetrics, ConnectionStatus, StatusRegistry};
+use super::window::{Finish, OrderedWindow, Slot};
 use crate::message::{Accepted, Dispatch, InboundMessage, PublishError};
 
 /// Capacity of rumqttc's request channel (acks, subscribe, disconnect).
@@ -53,6 +57,7 @@ pub(crate) struct Conn<D> {
 }
 
 /// A received message and the connection generation it arrived on.
+#[derive(Clone)]
 struct Delivery {
     publish: Publish,
     generation: u64,
@@ -492,26 +497,63 @@ fn bad_packet_reason(e: &ConnectionError) -> Option<&'static str> {
     }
 }
 
-/// Ordered: one message at a time, in arrival order; a retryable failure is retried in place
-/// (never skipping ahead) until it succeeds, the broker will redeliver it, or `stop`.
+/// Ordered: messages of different keys are dispatched concurrently, a key's messages one at a
+/// time in arrival order (the next once the previous was acknowledged), acknowledgements in
+/// arrival order, at most `ordered_max_in_flight` messages held ([`OrderedWindow`] decides). A retryable failure is retried in
+/// place, holding its key and the acknowledgements after it, until it succeeds, the broker
+/// will redeliver it, or `stop`. On stop nothing new is taken or started: what is dispatching
+/// finishes (within `shutdown_grace`), the acknowledgeable prefix is acknowledged, and the rest
+/// stays with the persistent session for the next holder.
 async fn ordered_worker<D: Dispatch>(
     conn: &Conn<D>,
     gate: &AckGate,
     mut rx: mpsc::Receiver<Delivery>,
     m: &ConnMetrics,
 ) {
+    let mut window: OrderedWindow<Delivery> = OrderedWindow::new(conn.settings.ordered_max_in_flight);
+    let dispatch = |slot: Slot, delivery: Delivery| async move {
+        let how = process(conn, gate, &delivery, m, None).await;
+        (slot, how)
+    };
+    let mut dispatching = FuturesUnordered::new();
+    let mut stopping = false;
     loop {
-        let delivery = tokio::select! {
-            biased;
-            _ = conn.stop.cancelled() => break,
-            d = rx.recv() => match d {
-                Some(d) => d,
-                None => break,
-            },
-        };
-        process(conn, gate, delivery, m, None).await;
-        if conn.stop.is_cancelled() {
+        if stopping && dispatching.is_empty() {
             break;
+        }
+        tokio::select! {
+            biased;
+            Some((slot, how)) = dispatching.next(), if !dispatching.is_empty() => {
+                let mut finished = vec![(slot, how)];
+                while let Some((slot, how)) = finished.pop() {
+                    let released = window.finish(slot, how);
+                    for delivery in &released.acks {
+                        if gate.ack(delivery.generation, &delivery.publish) {
+                            acked(conn, m);
+                        }
+                    }
+                    for next in released.start {
+                        if stopping {
+                            // Not started once stopping: the broker sends it again (so does
+                            // every later one of its connection, whose acks it withholds).
+                            finished.push((next, Finish::Withhold));
+                        } else if let Some(delivery) = window.item(next) {
+                            dispatching.push(dispatch(next, delivery.clone()));
+                        }
+                    }
+                }
+            }
+            _ = conn.stop.cancelled(), if !stopping => stopping = true,
+            d = rx.recv(), if !stopping && window.has_room() => match d {
+                Some(delivery) => {
+                    let key = conn.dispatcher.ordering_key(&delivery.publish.topic);
+                    if let Some(slot) = window.receive(key, delivery.generation, delivery.clone()) {
+                        dispatching.push(dispatch(slot, delivery));
+                    }
+                }
+                // The poll loop ended (after DISCONNECT or on stop): nothing can be acknowledged.
+                None => stopping = true,
+            },
         }
     }
     // Messages still queued here stay unacknowledged: the persistent session keeps them for
@@ -556,7 +598,12 @@ async fn shared_worker<D: Dispatch>(
             }
             d = rx.recv(), if input_open && in_flight.len() < max_in_flight => match d {
                 Some(d) => {
-                    in_flight.push(process(conn, gate, d, m, attempts));
+                    in_flight.push(async move {
+                        let how = process(conn, gate, &d, m, attempts).await;
+                        if how == Finish::Acknowledge && gate.ack(d.generation, &d.publish) {
+                            acked(conn, m);
+                        }
+                    });
                     if draining {
                         idle.as_mut().reset(Instant::now() + SHARED_DRAIN_IDLE);
                     }
@@ -602,37 +649,48 @@ fn edge_check(publish: &Publish, settings: &IngressSettings) -> Result<(), (&'st
     Ok(())
 }
 
-/// Dispatches one message (retrying retryable failures up to `max_attempts`, or forever) and
-/// acknowledges it once accepted or once it can never succeed.
+/// Dispatches one message, retrying retryable failures up to `max_attempts` (or forever), and
+/// says whether to acknowledge it: yes once accepted or once it can never succeed (counted),
+/// no when the broker sends it again (its connection was lost) or on stop.
 async fn process<D: Dispatch>(
     conn: &Conn<D>,
     gate: &AckGate,
-    delivery: Delivery,
+    delivery: &Delivery,
     m: &ConnMetrics,
     max_attempts: Option<u32>,
-) {
+) -> Finish {
     let Delivery { publish, generation } = delivery;
+    let generation = *generation;
     let id = conn.spec.client_id.as_str();
     let route = conn.spec.route.as_str();
 
     match gate.settled_fate(generation, &conn.stop).await {
-        None => return,
+        None => return Finish::Withhold,
         Some(Fate::Redelivered) => {
             superseded(conn);
-            return;
+            return Finish::Withhold;
         }
         Some(_) => {}
     }
-    if let Err((reason, why)) = edge_check(&publish, &conn.settings) {
+    if let Err((reason, why)) = edge_check(publish, &conn.settings) {
         warn!(client = id, route, topic = %publish.topic, reason, "MQTT message refused: {why}");
-        give_up(conn, gate, generation, &publish, m, reason).await;
-        return;
+        give_up(conn, m, reason);
+        return Finish::Acknowledge;
     }
 
+    // One id per delivery, kept across in-place retries, so a retry whose first attempt did
+    // reach the owner is suppressed there. With the route's `message_id_field`, a redelivered
+    // copy (a failover, a reconnect) also carries the same id.
+    let message_id = conn
+        .spec
+        .message_id_field
+        .as_deref()
+        .and_then(|field| payload_message_id(route, field, &publish.payload))
+        .unwrap_or_else(generated_message_id);
     let message = InboundMessage {
         topic: publish.topic.clone(),
         payload: publish.payload.to_vec(),
-        message_id: String::new(),
+        message_id,
     };
     let mut retry = Backoff::new(conn.settings.dispatch_retry_min, conn.settings.dispatch_retry_max);
     let mut attempt = 0u32;
@@ -640,15 +698,12 @@ async fn process<D: Dispatch>(
         attempt = attempt.saturating_add(1);
         let Some(result) = dispatch_within_grace(conn, message.clone()).await else {
             debug!(client = id, topic = %publish.topic, "dispatch abandoned on shutdown; not acknowledged");
-            return;
+            return Finish::Withhold;
         };
         match result {
             Ok(_) => {
                 conn.status.update(id, |st| st.dispatched += 1);
-                if gate.ack(generation, &publish) {
-                    acked(conn, m);
-                }
-                return;
+                return Finish::Acknowledge;
             }
             Err(e) if e.is_retryable() => {
                 m.dispatch_error(error_reason(&e));
@@ -659,19 +714,19 @@ async fn process<D: Dispatch>(
                         "giving up on an MQTT message: dispatch kept failing; acknowledging it so the \
                          connection does not stall (the message is lost)"
                     );
-                    give_up(conn, gate, generation, &publish, m, "retries_exhausted").await;
-                    return;
+                    give_up(conn, m, "retries_exhausted");
+                    return Finish::Acknowledge;
                 }
                 debug!(client = id, topic = %publish.topic, attempt, error = %e, "dispatch failed; retrying");
                 tokio::select! {
                     _ = sleep(retry.next_delay()) => {}
-                    _ = conn.stop.cancelled() => return,
+                    _ = conn.stop.cancelled() => return Finish::Withhold,
                 }
                 match gate.settled_fate(generation, &conn.stop).await {
-                    None => return,
+                    None => return Finish::Withhold,
                     Some(Fate::Redelivered) => {
                         superseded(conn);
-                        return;
+                        return Finish::Withhold;
                     }
                     Some(_) => {}
                 }
@@ -679,8 +734,8 @@ async fn process<D: Dispatch>(
             Err(e) => {
                 let reason = error_reason(&e);
                 warn!(client = id, route, topic = %publish.topic, reason, error = %e, "MQTT message cannot be dispatched; acknowledging it");
-                give_up(conn, gate, generation, &publish, m, reason).await;
-                return;
+                give_up(conn, m, reason);
+                return Finish::Acknowledge;
             }
         }
     }
@@ -703,20 +758,11 @@ async fn dispatch_within_grace<D: Dispatch>(
     }
 }
 
-/// Counts a message that can never succeed and acknowledges it so the broker forgets it.
-async fn give_up<D>(
-    conn: &Conn<D>,
-    gate: &AckGate,
-    generation: u64,
-    publish: &Publish,
-    m: &ConnMetrics,
-    reason: &'static str,
-) {
+/// Counts a message that can never succeed (the caller acknowledges it, so the broker forgets
+/// it).
+fn give_up<D>(conn: &Conn<D>, m: &ConnMetrics, reason: &'static str) {
     m.dispatch_error(reason);
     conn.status.update(&conn.spec.client_id, |st| st.rejected += 1);
-    if gate.ack(generation, publish) {
-        acked(conn, m);
-    }
 }
 
 fn acked<D>(conn: &Conn<D>, m: &ConnMetrics) {

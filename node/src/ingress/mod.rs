@@ -29,31 +29,50 @@
 //! connection with the route's fixed client id, a persistent session (`clean_session = false`)
 //! and manual acknowledgements:
 //!
-//! - messages are dispatched strictly one at a time, in arrival order, and each is acknowledged
-//!   only after `dispatch` returned `Ok`; a retryable failure is retried in place, forever (with
-//!   backoff), never skipping ahead: that is what keeps the order;
+//! - messages of different keys (the route's key, [`Dispatch::ordering_key`]) are dispatched
+//!   concurrently; a key's messages one at a time, in arrival order: the next only once the
+//!   previous one was acknowledged (accepted or given up, and every message before it too). A
+//!   retryable failure is retried in place, forever (with backoff), holding its key: later
+//!   messages of the key never overtake it;
+//! - PUBACKs leave in the order the PUBLISH packets arrived (MQTT 3.1.1 §4.6): a message is
+//!   acknowledged only after it and every message received before it were accepted, so an
+//!   acknowledged prefix is always fully processed. A message that is not acknowledged
+//!   (abandoned on stop, or its connection was lost) withholds the acknowledgements of every
+//!   later message of its connection; the broker redelivers them all;
+//! - at most `ordered_max_in_flight` (default 256) messages are held at once: dispatching,
+//!   waiting for their key, or done and waiting for an earlier acknowledgement. The decisions
+//!   are [`window`]'s, a plain struct tested without sockets;
 //! - a message that can never succeed (no route, invalid topic, payload over the limit, failed
 //!   handler) is acknowledged, counted and logged at warn level, so it cannot block the route;
 //! - when the connection drops, the broker keeps the session: messages that were sent but not
 //!   acknowledged are redelivered first, in order, then the ones queued meanwhile. Copies of
-//!   such messages still queued on our side are dropped, not dispatched twice;
+//!   such messages still held on our side are dropped undispatched (or, if already
+//!   dispatching, finish first: a redelivered copy waits for its key like any message);
 //! - a second holder connecting with the same client id takes the session over: the broker
 //!   closes the first connection (it is fenced), and the new holder resumes the queued messages
-//!   and the unacknowledged one. This is how a failover resumes where the dead holder stopped.
-//!   The message the old holder was dispatching may be processed twice (at least once, G4).
+//!   and the unacknowledged ones. This is how a failover resumes where the dead holder stopped.
+//!   A message the old holder had processed but not acknowledged is processed again (at least
+//!   once, G4; a `journal` route with `message_id_field` keeps one): at most one per key, and
+//!   right after its original, since a key's next message waits for the previous one's
+//!   acknowledgement;
 //! - MQTT 3.1.1 gives no reason when the broker closes a connection, so a repeated close shortly
 //!   after connecting is taken as a takeover fight: the connection then stays away with a
 //!   growing delay instead of throwing the other holder off in a loop ([`guard`]). The plan,
 //!   not this guard, decides who holds a route.
 //!
-//! **Throughput bound.** One message in flight per ordered route: the route's throughput is at
-//! most `1 / (dispatch latency + per-message overhead)`. The PUBACK round trip is off that path
-//! as long as the broker's in-flight window (Mosquitto's `max_inflight_messages`, 20 by default)
-//! lets it send the next messages before the last acknowledgement arrived; with a window of 1
-//! the bound becomes `1 / (dispatch latency + PUBACK round trip)`. To go faster, split the
-//! traffic over more ordered routes (each has its own connection and holder). The bench
-//! (`ingress_mosquitto::bench_ordered_route_throughput`, run with `--ignored`) measures it beside
-//! what Mosquitto delivers to one plain subscriber.
+//! **Throughput bound.** One key: at most `1 / dispatch latency` messages per second (one in
+//! flight per key, and its next waits for the acknowledgement, so for the messages before it
+//! too). The route: at most `c / dispatch latency`, where `c`, the messages dispatching at
+//! once, is no more than `ordered_max_in_flight`, no more than the distinct keys among the
+//! messages held (a key repeated inside the window waits for itself), and no more than the
+//! broker's in-flight window where the broker enforces one (acknowledgements leave in order, so
+//! it sends at most that many past the oldest unacknowledged message). Mosquitto 2.0.11 did
+//! not hold us to its `max_inflight_messages` (20): up to 100 dispatches, one per key, ran at
+//! once. One hot key gets no concurrency: split order-dependent traffic over keys, or over
+//! several ordered routes (each has its own connection and holder). `scripts/bench.sh`
+//! measures a cluster (README, *Benchmarks*); the ignored
+//! `ingress_mosquitto::bench_ordered_route_throughput` measures the ingress alone with a fake
+//! dispatcher, one key and 100 keys, beside what Mosquitto delivers to one plain subscriber.
 //!
 //! Broker settings ordered routes rely on: `max_queued_messages` must cover what piles up during
 //! a failover (Mosquitto drops beyond it; 1000 by default), and `persistence true` if queued
@@ -61,7 +80,8 @@
 //!
 //! Caveats, all on the side of duplicates (at least once), never loss or reordering:
 //! - Mosquitto 2.0 sends a resumed session's whole backlog at once, beyond its in-flight window.
-//!   The ingress buffers 1024 messages per connection and then stops reading (TCP backpressure);
+//!   The ingress buffers 1024 messages per connection (plus `ordered_max_in_flight` held by an
+//!   ordered route's window) and then stops reading (TCP backpressure);
 //!   if a dispatch then stays stuck longer than 1.5 x keep-alive, the broker drops the
 //!   connection and redelivers the unacknowledged messages on the next one.
 //! - On a planned handoff the old holder sends its last acknowledgements and DISCONNECT; if the
@@ -78,15 +98,24 @@
 //! forwarded one anyway, rumqttc would fail to decode the packet, and the connection would be
 //! reset and the event counted (`reason="malformed_topic"`).
 //!
+//! # Message ids
+//! MQTT 3.1.1 carries no producer message id. Each delivery gets one id, kept across its
+//! in-place retries: read from the payload through the route's `message_id_field` (a JSON
+//! pointer such as `/id`), so that a redelivered copy carries the same id and a `journal` route
+//! keeps one; or generated when the route has no such field or the payload does not carry it
+//! (counted in [`MESSAGE_ID_MISSING`]). The field is read with the subscription's route; a
+//! topic that a higher-priority route takes is still dispatched to that route, with this id.
+//!
 //! # Non-goals
-//! Producer message ids (MQTT 3.1.1 carries none; `message_id` is left empty), MQTT 5 and
-//! websocket transports.
+//! MQTT 5 and websocket transports.
 
 mod connection;
 mod guard;
+mod message_id;
 mod plan;
 mod settings;
 mod status;
+mod window;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -101,11 +130,14 @@ use crate::message::Dispatch;
 use connection::{run_connection, Conn};
 use plan::{desired_connections, diff, ConnSpec, Naming};
 
+pub use message_id::{generated_message_id, payload_message_id, MESSAGE_ID_MISSING};
 pub use plan::{IngressPlan, OrderedSubscription, SharedSubscription, SubscriptionMode, MAX_WORKER_COUNT};
-pub use settings::{IngressSettings, IngressSettingsError, ENV_VARS, MQTT_MAX_PACKET_BYTES};
+pub use settings::{
+    IngressSettings, IngressSettingsError, ENV_VARS, MAX_ORDERED_IN_FLIGHT, MQTT_MAX_PACKET_BYTES,
+};
 pub use status::{
-    describe_metrics, ConnectionStatus, IngressStatus, MQTT_ACKS, MQTT_CONNECTED, MQTT_DISPATCH_ERRORS,
-    MQTT_MESSAGES_RECEIVED, MQTT_RECONNECTS, MQTT_TAKEOVER_FENCES,
+    describe_metrics, ConnectionStatus, IngressReadiness, IngressStatus, MQTT_ACKS, MQTT_CONNECTED,
+    MQTT_DISPATCH_ERRORS, MQTT_MESSAGES_RECEIVED, MQTT_RECONNECTS, MQTT_TAKEOVER_FENCES,
 };
 
 use status::StatusRegistry;
@@ -160,6 +192,11 @@ impl IngressHandle {
         self.status.snapshot()
     }
 
+    /// A reader of [`status`](Self::status) that can be handed to another task.
+    pub fn status_source(&self) -> IngressStatusSource {
+        IngressStatusSource(self.status.clone())
+    }
+
     /// Graceful stop: in-flight dispatches may finish within `shutdown_grace` and are
     /// acknowledged, shared connections unsubscribe and drain, every connection sends
     /// DISCONNECT. Returns once every task has ended.
@@ -189,6 +226,17 @@ impl Drop for IngressHandle {
             self.abort.cancel();
             task.abort();
         }
+    }
+}
+
+/// Reads the ingress status (for the node's readiness); outliving the ingress is harmless.
+#[derive(Clone)]
+pub struct IngressStatusSource(Arc<StatusRegistry>);
+
+impl IngressStatusSource {
+    /// Connection states and counters now.
+    pub fn snapshot(&self) -> IngressStatus {
+        self.0.snapshot()
     }
 }
 
@@ -224,7 +272,7 @@ impl<D: Dispatch> Supervisor<D> {
     ) {
         if let Err(e) = self.settings.validate() {
             error!(error = %e, "MQTT ingress not started: invalid settings");
-            self.status.set_error("ingress", e.to_string());
+            self.status.set_not_started(e.to_string());
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = abort.cancelled() => {}

@@ -33,6 +33,8 @@ pub struct SharedSubscription {
     pub qos: u8,
     /// MQTT connections this node opens for the route.
     pub worker_count: u32,
+    /// The route's `message_id_field`: JSON pointer to the message id in the payload.
+    pub message_id_field: Option<String>,
 }
 
 /// An ordered route held by this node.
@@ -47,6 +49,8 @@ pub struct OrderedSubscription {
     /// The route's fixed MQTT client id; every holder uses the same one, so the broker keeps
     /// one persistent session for the route and fences a second holder by session takeover.
     pub client_id: String,
+    /// The route's `message_id_field`: JSON pointer to the message id in the payload.
+    pub message_id_field: Option<String>,
 }
 
 /// How a connection's messages are processed.
@@ -55,7 +59,7 @@ pub struct OrderedSubscription {
 pub enum SubscriptionMode {
     /// Clean session, concurrent dispatch, no order.
     Shared,
-    /// Persistent session, one message at a time in arrival order.
+    /// Persistent session; each key in arrival order (keys concurrently), PUBACKs in arrival order.
     Ordered,
 }
 
@@ -71,16 +75,21 @@ pub(crate) struct ConnSpec {
     /// Filters the persistent session may still hold from a previous version of this
     /// subscription (ordered routes whose filter changed); unsubscribed on first connect.
     pub unsubscribe_first: Vec<String>,
+    /// JSON pointer to the message id in the payload (the route's `message_id_field`).
+    pub message_id_field: Option<String>,
 }
 
 impl ConnSpec {
-    /// True when both ask for the same connection and subscription.
+    /// True when both ask for the same connection and subscription, and read message ids the
+    /// same way (a connection takes its settings when it starts, so a changed
+    /// `message_id_field` restarts it; a persistent session keeps its messages meanwhile).
     fn same_subscription(&self, other: &ConnSpec) -> bool {
         self.route == other.route
             && self.client_id == other.client_id
             && self.subscribe_filter == other.subscribe_filter
             && self.qos == other.qos
             && self.mode == other.mode
+            && self.message_id_field == other.message_id_field
     }
 }
 
@@ -149,6 +158,7 @@ pub(crate) fn desired_connections(
                 qos: sub.qos,
                 mode: SubscriptionMode::Ordered,
                 unsubscribe_first: Vec::new(),
+                message_id_field: sub.message_id_field.clone(),
             },
         );
     }
@@ -193,6 +203,7 @@ pub(crate) fn desired_connections(
                     qos: sub.qos,
                     mode: SubscriptionMode::Shared,
                     unsubscribe_first: Vec::new(),
+                    message_id_field: sub.message_id_field.clone(),
                 },
             );
         }
@@ -313,6 +324,7 @@ mod tests {
             filter: filter.into(),
             qos: 1,
             worker_count: workers,
+            message_id_field: None,
         }
     }
 
@@ -322,6 +334,7 @@ mod tests {
             filter: filter.into(),
             qos: 1,
             client_id: client_id.into(),
+            message_id_field: None,
         }
     }
 
@@ -419,6 +432,36 @@ mod tests {
             started,
             [("oid", &["o/#".to_string()][..]), ("rmq-n1-new-0", &[][..])]
         );
+        assert_eq!(diff(&desired, &desired), PlanChange::default());
+    }
+
+    #[test]
+    fn a_changed_message_id_field_restarts_the_route_connections() {
+        let naming = naming();
+        let plan = |field: Option<&str>| IngressPlan {
+            shared: vec![SharedSubscription {
+                message_id_field: field.map(Into::into),
+                ..shared("s", "s/#", 1)
+            }],
+            ordered_held: vec![OrderedSubscription {
+                message_id_field: field.map(Into::into),
+                ..ordered("o", "o/#", "oid")
+            }],
+        };
+        let (running, _) = desired_connections(&plan(None), &naming);
+        let (desired, _) = desired_connections(&plan(Some("/id")), &naming);
+        assert!(desired
+            .values()
+            .all(|c| c.message_id_field.as_deref() == Some("/id")));
+        let change = diff(&running, &desired);
+        assert_eq!(change.stop, ["oid", "rmq-n1-s-0"]);
+        let started: Vec<(&str, &[String])> = change
+            .start
+            .iter()
+            .map(|c| (c.client_id.as_str(), c.unsubscribe_first.as_slice()))
+            .collect();
+        // Same filter: nothing to unsubscribe from the persistent session.
+        assert_eq!(started, [("oid", &[][..]), ("rmq-n1-s-0", &[][..])]);
         assert_eq!(diff(&desired, &desired), PlanChange::default());
     }
 

@@ -28,6 +28,10 @@ use rumqttc::{MqttOptions, NetworkOptions, Transport};
 /// Largest MQTT packet: 1 byte header + 4 bytes remaining length + 268,435,455 bytes.
 pub const MQTT_MAX_PACKET_BYTES: usize = 268_435_460;
 
+/// Most messages an ordered route's connection may hold: MQTT packet ids are 16 bits, so a
+/// broker cannot have more unacknowledged messages out on one connection.
+pub const MAX_ORDERED_IN_FLIGHT: usize = 65_535;
+
 /// The environment variables [`IngressSettings::from_env`] reads.
 pub const ENV_VARS: &[&str] = &[
     "MQTT_BROKER",
@@ -120,6 +124,11 @@ pub struct IngressSettings {
     pub max_packet_bytes: usize,
     /// Messages one shared connection dispatches concurrently.
     pub shared_max_in_flight: usize,
+    /// Messages an ordered route's connection holds at once: dispatching (one per key),
+    /// waiting for an earlier message of their key, or done and waiting for an earlier
+    /// acknowledgement. 1 dispatches strictly one at a time. A broker that enforces an
+    /// in-flight window caps it further (Mosquitto 2.0.11's `max_inflight_messages` did not).
+    pub ordered_max_in_flight: usize,
     /// Dispatch attempts for a shared-route message whose dispatch keeps failing retryably.
     pub shared_dispatch_attempts: u32,
     /// First delay between dispatch retries.
@@ -158,6 +167,7 @@ impl std::fmt::Debug for IngressSettings {
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("max_packet_bytes", &self.max_packet_bytes)
             .field("shared_max_in_flight", &self.shared_max_in_flight)
+            .field("ordered_max_in_flight", &self.ordered_max_in_flight)
             .field("shared_dispatch_attempts", &self.shared_dispatch_attempts)
             .field("dispatch_retry_min", &self.dispatch_retry_min)
             .field("dispatch_retry_max", &self.dispatch_retry_max)
@@ -190,6 +200,7 @@ impl Default for IngressSettings {
             max_payload_bytes: 256 * 1024,
             max_packet_bytes: MQTT_MAX_PACKET_BYTES,
             shared_max_in_flight: 64,
+            ordered_max_in_flight: 256,
             shared_dispatch_attempts: 8,
             dispatch_retry_min: Duration::from_millis(50),
             dispatch_retry_max: Duration::from_secs(2),
@@ -331,6 +342,13 @@ impl IngressSettings {
         }
         if s.shared_max_in_flight == 0 {
             return Err(bad("shared_max_in_flight", "0", "must be positive"));
+        }
+        if !(1..=MAX_ORDERED_IN_FLIGHT).contains(&s.ordered_max_in_flight) {
+            return Err(bad(
+                "ordered_max_in_flight",
+                s.ordered_max_in_flight.to_string(),
+                format!("must be in 1..={MAX_ORDERED_IN_FLIGHT}"),
+            ));
         }
         if s.shared_dispatch_attempts == 0 {
             return Err(bad("shared_dispatch_attempts", "0", "must be positive"));

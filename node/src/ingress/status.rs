@@ -40,6 +40,10 @@ pub fn describe_metrics() {
         MQTT_TAKEOVER_FENCES,
         "MQTT connections held back after repeated session takeovers, by route"
     );
+    describe_counter!(
+        super::MESSAGE_ID_MISSING,
+        "Messages of a route with message_id_field whose payload carried no id (a generated id was used), by route and reason"
+    );
 }
 
 /// Snapshot of the ingress: one entry per MQTT connection the current plan asks for.
@@ -51,9 +55,54 @@ pub struct IngressStatus {
     pub last_error: Option<String>,
     /// Plan entries the ingress refused (bad filter, duplicate client id, ...).
     pub plan_issues: Vec<String>,
+    /// Why the ingress did not start (invalid settings), if it did not.
+    pub not_started: Option<String>,
+}
+
+/// The ingress as `/ready` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct IngressReadiness {
+    /// MQTT connections this node holds (its shared routes' workers, the ordered routes it
+    /// holds).
+    pub connections: usize,
+    /// How many of them are connected to the broker.
+    pub connected: usize,
+    /// Why this node takes no messages from the broker, when it cannot (then it is not ready).
+    pub problem: Option<String>,
+    /// The most recent connection error, even when the ingress works.
+    pub last_error: Option<String>,
 }
 
 impl IngressStatus {
+    /// Whether the ingress can take messages from the broker. It cannot when it did not start,
+    /// or when it holds connections and none is up: the broker is down, unreachable or refuses
+    /// us (the reason is the connections' last error). A connection held back by the takeover
+    /// guard means the broker is up (another client holds the session), and a node without
+    /// connections (no shared routes, no ordered route held) has nothing to take.
+    pub fn readiness(&self) -> IngressReadiness {
+        let connections = self.connections.len();
+        let connected = self.connections.iter().filter(|c| c.connected).count();
+        let fenced = self.connections.iter().any(|c| c.fenced);
+        let problem = if let Some(why) = &self.not_started {
+            Some(format!("MQTT ingress not started: {why}"))
+        } else if connections > 0 && connected == 0 && !fenced {
+            Some(
+                match self.connections.iter().find_map(|c| c.last_error.as_deref()) {
+                    Some(e) => format!("MQTT broker unreachable ({connections} connections down): {e}"),
+                    None => "MQTT ingress connecting to the broker".to_string(),
+                },
+            )
+        } else {
+            None
+        };
+        IngressReadiness {
+            connections,
+            connected,
+            problem,
+            last_error: self.last_error.clone(),
+        }
+    }
+
     /// True when every connection is up (and there is at least one).
     pub fn all_connected(&self) -> bool {
         !self.connections.is_empty() && self.connections.iter().all(|c| c.connected)
@@ -172,6 +221,12 @@ impl StatusRegistry {
         inner.last_error = Some(format!("{client_id}: {error}"));
     }
 
+    pub fn set_not_started(&self, why: String) {
+        let mut inner = self.lock();
+        inner.last_error = Some(why.clone());
+        inner.not_started = Some(why);
+    }
+
     pub fn set_plan_issues(&self, issues: Vec<String>) {
         self.lock().plan_issues = issues;
     }
@@ -222,5 +277,69 @@ impl ConnMetrics {
 
     pub fn fenced(&self) {
         metrics::counter!(MQTT_TAKEOVER_FENCES, "route" => self.route.clone()).increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(client: &str, connected: bool, fenced: bool, error: Option<&str>) -> ConnectionStatus {
+        ConnectionStatus {
+            connected,
+            fenced,
+            last_error: error.map(str::to_string),
+            ..ConnectionStatus::new("r", client, SubscriptionMode::Shared)
+        }
+    }
+
+    fn status(connections: Vec<ConnectionStatus>) -> IngressStatus {
+        IngressStatus {
+            connections,
+            ..IngressStatus::default()
+        }
+    }
+
+    #[test]
+    fn broker_down_is_a_problem_with_the_reason() {
+        let down = status(vec![
+            conn("a", false, false, Some("I/O: Connection refused (os error 111)")),
+            conn("b", false, false, None),
+        ]);
+        let r = down.readiness();
+        assert_eq!((r.connections, r.connected), (2, 0));
+        assert_eq!(
+            r.problem.as_deref(),
+            Some("MQTT broker unreachable (2 connections down): I/O: Connection refused (os error 111)")
+        );
+        let connecting = status(vec![conn("a", false, false, None)]).readiness();
+        assert_eq!(
+            connecting.problem.as_deref(),
+            Some("MQTT ingress connecting to the broker")
+        );
+    }
+
+    #[test]
+    fn one_connection_up_or_fenced_or_none_held_is_no_problem() {
+        let partly = status(vec![
+            conn("a", true, false, None),
+            conn("b", false, false, Some("refused")),
+        ]);
+        assert_eq!(partly.readiness().problem, None);
+        assert_eq!(partly.readiness().connected, 1);
+        let fenced = status(vec![conn("a", false, true, Some("closed twice"))]);
+        assert_eq!(fenced.readiness().problem, None);
+        assert_eq!(status(vec![]).readiness().problem, None);
+    }
+
+    #[test]
+    fn settings_that_stopped_the_ingress_are_a_problem() {
+        let registry = StatusRegistry::default();
+        registry.set_not_started("keep_alive: must be at least 1 s".into());
+        let r = registry.snapshot().readiness();
+        assert_eq!(
+            r.problem.as_deref(),
+            Some("MQTT ingress not started: keep_alive: must be at least 1 s")
+        );
     }
 }

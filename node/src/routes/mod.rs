@@ -12,6 +12,9 @@
 //!   of the protobuf `Route`), and [`RouteSpec::validate`], which checks every field and yields
 //!   a [`CompiledRoute`].
 //! - [`Template`] and [`render_template`]: the `republish` handler's topic templates.
+//! - [`message_id_from_payload`]: a route's `message_id_field`, the JSON pointer that gives a
+//!   message without a producer id (MQTT 3.1.1 has none) a stable id read from its payload, so
+//!   that a redelivered copy is recognised as a duplicate.
 //! - [`RouteTable`]: the validated routes in matching order, and [`RouteTable::route_for`],
 //!   which gives a topic's [`RouteMatch`]: the route, the parameters, and the ordering key.
 //!
@@ -21,10 +24,10 @@
 //!   broken by name (byte order). The table is a pure function of the set of specs, so every
 //!   node that applied the same config routes a topic to the same route with the same key.
 //! - **Validation at the edge.** Nothing reaches the table unchecked: [`RouteSpec::validate`]
-//!   rejects a bad name, pattern, group, key parameter, QoS, worker count or handler with a
-//!   [`RouteError`] naming the field, and [`RouteTable::build`] rejects repeated names. Every
-//!   check returns an error, none panics. Topics are checked by the caller with
-//!   [`validate_topic`] before matching; matching itself accepts any string.
+//!   rejects a bad name, pattern, group, key parameter, QoS, worker count, handler or message
+//!   id field with a [`RouteError`] naming the field, and [`RouteTable::build`] rejects
+//!   repeated names. Every check returns an error, none panics. Topics are checked by the
+//!   caller with [`validate_topic`] before matching; matching itself accepts any string.
 //! - **MQTT semantics.** `+` and `{name}` match one level (possibly empty), `#` zero or more
 //!   trailing levels including the parent, and topics starting with `$` match no route, as
 //!   MQTT 3.1.1/5 §4.7 prescribes for wildcards and as patterns cannot start with `$`.
@@ -47,11 +50,16 @@
 //!   shape only; the node resolves it against the handlers registered through the library.
 //! - **Versions.** The protobuf `Route.version` (compare-and-set) belongs to the config layer.
 
+mod message_id;
 mod pattern;
 mod table;
 mod template;
 mod topic;
 
+pub use message_id::{
+    message_id_from_payload, validate_message_id_field, MissingMessageId, MAX_MESSAGE_ID_FIELD_LEN,
+    MAX_MESSAGE_ID_LEN,
+};
 pub use pattern::{
     Level, Params, Pattern, PatternError, MAX_PARAM_NAME_LEN, MAX_PATTERN_LEN, MAX_PATTERN_LEVELS,
 };
