@@ -241,6 +241,7 @@ impl Dispatcher {
                 payload: inbound.payload.clone(),
                 message_id: message_id.clone(),
                 received_at_unix_ms: now_unix_ms(),
+                ordered_ingress: inbound.ordered_ingress,
             };
             metrics::counter!(crate::metrics::MESSAGES_FORWARDED, "route" => spec.name.clone()).increment(1);
             let retry_reason = match self.forwarder.forward(&addr, epoch, forwarded).await {
@@ -382,6 +383,38 @@ impl Dispatch for Dispatcher {
             None => topic.to_string(),
         }
     }
+
+    /// Granted when the partition of the route's `$ingress/<route>` key is active here with a
+    /// valid lease (see [`crate::mqtt::ordered_holder`] and [`Fence::take_ingress_hold`]).
+    fn take_ordered_hold(&self, route: &str) -> Option<Box<dyn crate::message::OrderedHold>> {
+        let view = self.config.local_view();
+        let partition = crate::mqtt::ingress_partition(&view, route);
+        let token = self.fence.take_ingress_hold(partition)?;
+        Some(Box::new(IngressHold {
+            fence: self.fence.clone(),
+            partition,
+            token,
+        }))
+    }
+}
+
+/// This node's hold on an ordered route's MQTT ingress; released when dropped.
+struct IngressHold {
+    fence: Arc<Fence>,
+    partition: u32,
+    token: u64,
+}
+
+impl crate::message::OrderedHold for IngressHold {
+    fn is_valid(&self) -> bool {
+        self.fence.ingress_hold_valid(self.partition, self.token)
+    }
+}
+
+impl Drop for IngressHold {
+    fn drop(&mut self) {
+        self.fence.release_ingress_hold(self.partition, self.token);
+    }
 }
 
 /// The receiving side of forwarding: checks ownership at this node's epoch and processes.
@@ -421,6 +454,21 @@ impl ForwardTarget for Dispatcher {
                 self.node_id, message.partition
             );
             return futures::future::ready(answer(outcome, owner.unwrap_or_default(), error)).boxed();
+        }
+        if message.ordered_ingress && sender_epoch != epoch {
+            // The sender held the route at another epoch: at ours, another node may hold it.
+            // Behind us it catches up (and finds it no longer holds the route, or sends again);
+            // ahead of us it waits for us.
+            let outcome = if sender_epoch < epoch {
+                pb::forward_result::Outcome::NotOwner
+            } else {
+                pb::forward_result::Outcome::Unavailable
+            };
+            let error = format!(
+                "ordered-ingress message sent at epoch {sender_epoch}; {} is at epoch {epoch}",
+                self.node_id
+            );
+            return futures::future::ready(answer(outcome, self.node_id.clone(), error)).boxed();
         }
         let found = view
             .routes

@@ -185,6 +185,37 @@ impl Fence {
             .send_if_modified(|v| std::mem::replace(v, valid) != valid);
     }
 
+    /// Takes the MQTT ingress hold on `partition` (the partition of an ordered route's
+    /// `$ingress/<route>` key): granted to the active owner with a valid lease, one holder at a
+    /// time. While it exists a draining copy of the partition is not handed over.
+    pub fn take_ingress_hold(&self, partition: u32) -> Option<u64> {
+        let token = {
+            let mut state = self.lock();
+            if state.lease.status(Instant::now(), state.ownership.epoch()) != LeaseStatus::Valid {
+                return None;
+            }
+            state.ownership.take_ingress_hold(partition)
+        };
+        self.bump();
+        token
+    }
+
+    /// Whether hold `token` on `partition` still lets the ingress take messages in: the
+    /// partition is still active here under that hold, and the lease is valid now (checked on
+    /// the monotonic clock, so a node resumed after a long pause sees at once that it is not).
+    pub fn ingress_hold_valid(&self, partition: u32, token: u64) -> bool {
+        let state = self.lock();
+        state.lease.status(Instant::now(), state.ownership.epoch()) == LeaseStatus::Valid
+            && state.ownership.ingress_hold_valid(partition, token)
+    }
+
+    /// Ends hold `token` on `partition`: the ingress acknowledged what it processed and
+    /// disconnected.
+    pub fn release_ingress_hold(&self, partition: u32, token: u64) {
+        self.lock().ownership.release_ingress_hold(partition, token);
+        self.bump();
+    }
+
     /// Runs `f` on the ownership state machine (handoff service and driver).
     pub fn with_ownership<T>(&self, f: impl FnOnce(&mut Ownership) -> T) -> T {
         let out = f(&mut self.lock().ownership);

@@ -17,6 +17,10 @@ pub struct InboundMessage {
     pub payload: Vec<u8>,
     /// Producer-chosen id for duplicate suppression; empty means "generate one".
     pub message_id: String,
+    /// Taken in by an ordered route's MQTT ingress under this node's hold on the route: an
+    /// owner elsewhere accepts it only if this node is at the owner's epoch (a holder that
+    /// lost the route cannot slip a message in after the next holder's).
+    pub ordered_ingress: bool,
 }
 
 /// What the cluster did with an accepted message.
@@ -85,4 +89,30 @@ pub trait Dispatch: Send + Sync + 'static {
     /// keys may be dispatched concurrently. Two topics whose messages share a route key must
     /// map to the same value (coarser is slower, never wrong).
     fn ordering_key(&self, topic: &str) -> String;
+
+    /// Takes this node's hold on ordered route `route`'s MQTT ingress: `Some` if this node may
+    /// take the route's messages in now, `None` if not yet (another node holds the route or
+    /// is still handing it over: ask again later). The ingress dispatches only while the hold
+    /// is valid, and drops it once it has acknowledged what it processed and disconnected from
+    /// the broker. The default (for fakes and single-process use) always grants.
+    fn take_ordered_hold(&self, route: &str) -> Option<Box<dyn OrderedHold>> {
+        let _ = route;
+        Some(Box::new(UnconditionalHold))
+    }
+}
+
+/// A node's hold on an ordered route's MQTT ingress ([`Dispatch::take_ordered_hold`]).
+/// Dropping it releases the hold.
+pub trait OrderedHold: Send + Sync {
+    /// Whether the ingress may still dispatch the route's messages.
+    fn is_valid(&self) -> bool;
+}
+
+/// A hold that is always valid.
+pub struct UnconditionalHold;
+
+impl OrderedHold for UnconditionalHold {
+    fn is_valid(&self) -> bool {
+        true
+    }
 }

@@ -3,8 +3,12 @@
 //!
 //! Holder of an ordered route: the ring owner of the partition of the key
 //! `$ingress/<route>`. Every node that applied the same epoch computes the same holder, and a
-//! holder change is an ownership change (the epoch moves); the broker fences a stale holder by
-//! session takeover because every holder uses the route's fixed client id.
+//! holder change is an ownership change (the epoch moves). The hold follows that partition's
+//! handoff: the new holder connects only once the partition is active there (the old holder's
+//! ingress acknowledged what it processed and disconnected before the partition was handed
+//! over, see [`crate::ownership::Slot::ingress_hold`]), and each message is dispatched only
+//! while the hold is valid (active, lease valid). The broker still fences a stale holder by
+//! session takeover, because every holder uses the route's fixed client id.
 
 use std::time::Duration;
 
@@ -18,10 +22,14 @@ use crate::ingress::{IngressPlan, IngressSettings, OrderedSubscription, SharedSu
 use crate::ring::partition_for_key;
 use crate::routes::RouteMode;
 
+/// The partition whose owner holds `route`'s ordered ingress.
+pub fn ingress_partition(view: &ConfigView, route: &str) -> u32 {
+    partition_for_key(&view.state.config.ring, &format!("$ingress/{route}"))
+}
+
 /// The node that holds `route`'s ordered ingress at this view's epoch.
 pub fn ordered_holder<'a>(view: &'a ConfigView, route: &str) -> Option<&'a str> {
-    let partition = partition_for_key(&view.state.config.ring, &format!("$ingress/{route}"));
-    view.ring.owner_of_partition(partition)
+    view.ring.owner_of_partition(ingress_partition(view, route))
 }
 
 /// The fixed MQTT client id of an ordered route in this cluster.

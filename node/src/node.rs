@@ -432,8 +432,7 @@ pub async fn run_with(
                     .serve_with_incoming_shutdown(
                         // TCP_NODELAY: a small answer must not wait for the client's delayed
                         // ACK (40 ms per unary publish without it).
-                        tonic::transport::server::TcpIncoming::from(grpc_listener)
-                            .with_nodelay(Some(true)),
+                        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                         cancel.cancelled_owned(),
                     )
                     .await

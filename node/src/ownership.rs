@@ -63,6 +63,12 @@ pub struct Slot {
     /// For `HandedOver`: a copy found on disk after a restart, not handed to anyone since (it
     /// may be the newest: the node may have crashed before the handover).
     pub unsent: bool,
+    /// The token of this node's MQTT ingress hold on the partition (the partition of an
+    /// ordered route's `$ingress/<route>` key), taken while `Active`. A `Draining` slot is not
+    /// handed over while the hold exists: the next holder connects to the broker only after
+    /// this one has acknowledged what it processed and disconnected, so the broker never
+    /// redelivers to it messages that were already processed.
+    pub ingress_hold: Option<u64>,
 }
 
 impl Slot {
@@ -73,7 +79,13 @@ impl Slot {
             pending: 0,
             confirmed: false,
             unsent: false,
+            ingress_hold: None,
         }
+    }
+
+    /// Whether the slot still runs or holds something that must end before a handover.
+    fn busy(&self) -> bool {
+        self.pending > 0 || self.ingress_hold.is_some()
     }
 }
 
@@ -154,6 +166,8 @@ pub struct Ownership {
     /// of a bootstrapped config.
     restored: Option<BTreeMap<Partition, u64>>,
     skip_handoff: bool,
+    /// The last ingress hold token handed out.
+    last_hold: u64,
 }
 
 impl Ownership {
@@ -169,6 +183,7 @@ impl Ownership {
             orphans: BTreeMap::new(),
             restored: None,
             skip_handoff,
+            last_hold: 0,
         }
     }
 
@@ -327,7 +342,7 @@ impl Ownership {
         if self.skip_handoff {
             // Without handoff a lost partition is simply dropped.
             self.slots
-                .retain(|_, s| matches!(s.phase, Phase::Active | Phase::Fetching) || s.pending > 0);
+                .retain(|_, s| matches!(s.phase, Phase::Active | Phase::Fetching) || s.busy());
         }
         out
     }
@@ -420,7 +435,7 @@ impl Ownership {
         match slot.phase {
             // We own it at our epoch (the asker's too: it cannot be the owner).
             Phase::Active | Phase::Fetching => Answer::NotYet,
-            Phase::Draining if slot.pending > 0 => Answer::NotYet,
+            Phase::Draining if slot.busy() => Answer::NotYet,
             Phase::Draining | Phase::HandedOver => {
                 slot.phase = Phase::HandedOver;
                 slot.confirmed = false;
@@ -499,6 +514,37 @@ impl Ownership {
         if let Some(slot) = self.slots.get_mut(&partition) {
             if slot.phase == Phase::HandedOver {
                 slot.confirmed = true;
+            }
+        }
+    }
+
+    /// Takes the MQTT ingress hold on `partition` (see [`Slot::ingress_hold`]): only the
+    /// active owner may hold it, and one holder at a time. Returns the hold's token.
+    pub fn take_ingress_hold(&mut self, partition: Partition) -> Option<u64> {
+        let slot = self.slots.get_mut(&partition)?;
+        if slot.phase != Phase::Active || slot.ingress_hold.is_some() {
+            return None;
+        }
+        self.last_hold += 1;
+        slot.ingress_hold = Some(self.last_hold);
+        Some(self.last_hold)
+    }
+
+    /// Whether the hold `token` on `partition` still lets the ingress take messages in: the
+    /// slot is still the active one that granted it.
+    pub fn ingress_hold_valid(&self, partition: Partition, token: u64) -> bool {
+        self.slots
+            .get(&partition)
+            .is_some_and(|s| s.phase == Phase::Active && s.ingress_hold == Some(token))
+    }
+
+    /// Ends the hold `token` on `partition` (the ingress acknowledged what it processed and
+    /// disconnected): a draining slot may now be handed over. A token of a slot dropped
+    /// since does not touch a newer slot's hold.
+    pub fn release_ingress_hold(&mut self, partition: Partition, token: u64) {
+        if let Some(slot) = self.slots.get_mut(&partition) {
+            if slot.ingress_hold == Some(token) {
+                slot.ingress_hold = None;
             }
         }
     }

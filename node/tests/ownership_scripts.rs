@@ -101,6 +101,8 @@ struct Node {
     /// The versions of the copies recorded on disk (what `restore` gets after a restart).
     held: BTreeMap<Partition, u64>,
     lease: Lease,
+    /// Ingress hold tokens taken (`hold`), per partition.
+    holds: BTreeMap<Partition, u64>,
 }
 
 /// What happened to one partition in a fetch round.
@@ -176,6 +178,7 @@ impl Sim {
             queue: BTreeMap::new(),
             held,
             lease: Lease::new(self.lease_duration, false),
+            holds: BTreeMap::new(),
         }
     }
 
@@ -429,6 +432,7 @@ impl Sim {
             queue: BTreeMap::new(),
             held: old.held,
             lease: Lease::new(self.lease_duration, false),
+            holds: BTreeMap::new(),
         };
         self.nodes.insert(id.to_string(), node);
         let lost: Vec<&String> = old.queue.values().flatten().collect();
@@ -651,6 +655,49 @@ impl Runner for OwnershipRunner {
                 }
             }
 
+            "hold" => {
+                // The MQTT ingress of an ordered route takes, checks or releases its hold on
+                // the partition of the route's `$ingress` key.
+                let id = args
+                    .next_pos()
+                    .ok_or("hold ID take|check|release p=P")?
+                    .value
+                    .clone();
+                let what = args
+                    .next_pos()
+                    .ok_or("hold ID take|check|release p=P")?
+                    .value
+                    .clone();
+                let p: Partition = args.lookup_parse("p")?.ok_or("p= missing")?;
+                args.reject_rest()?;
+                let node = self.sim()?.node_mut(&id)?;
+                let line = match what.as_str() {
+                    "take" => match node.own.take_ingress_hold(p) {
+                        Some(token) => {
+                            node.holds.insert(p, token);
+                            format!("took hold {token}")
+                        }
+                        None => "hold refused".to_string(),
+                    },
+                    "check" => match node.holds.get(&p) {
+                        Some(&token) if node.own.ingress_hold_valid(p, token) => {
+                            format!("hold {token} valid")
+                        }
+                        Some(&token) => format!("hold {token} no longer valid: stop taking messages"),
+                        None => "no hold taken".to_string(),
+                    },
+                    "release" => match node.holds.remove(&p) {
+                        Some(token) => {
+                            node.own.release_ingress_hold(p, token);
+                            format!("released hold {token}")
+                        }
+                        None => "no hold taken".to_string(),
+                    },
+                    other => return Err(format!("unknown hold action {other}").into()),
+                };
+                writeln!(output, "{id} p{p}: {line}")?;
+            }
+
             "finish" => {
                 let id = args.next_pos().ok_or("finish ID p=P")?.value.clone();
                 let p: Partition = args.lookup_parse("p")?.ok_or("p= missing")?;
@@ -733,11 +780,14 @@ impl Runner for OwnershipRunner {
                                 .iter()
                                 .map(|p| {
                                     let s = own.slot(*p).unwrap();
-                                    let pending = if s.pending > 0 {
+                                    let mut pending = if s.pending > 0 {
                                         format!(" +{}", s.pending)
                                     } else {
                                         String::new()
                                     };
+                                    if s.ingress_hold.is_some() {
+                                        pending.push_str(" ingress");
+                                    }
                                     format!("{p} v{}{pending}", s.version)
                                 })
                                 .collect();

@@ -62,6 +62,7 @@ fn inbound(config: &ConfigService, request: &pb::PublishRequest) -> InboundMessa
         topic: request.topic.clone(),
         payload: request.payload.clone(),
         message_id,
+        ordered_ingress: false,
     }
 }
 

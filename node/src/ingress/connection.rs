@@ -14,6 +14,15 @@
 //! - after a reconnect, a copy from the old connection is dropped undispatched when the broker
 //!   resumed the persistent session (it redelivers the message itself, in order), and is
 //!   dispatched without acknowledgement when the session is gone (clean sessions always).
+//!
+//! An ordered route's connection runs only under the node's hold on the route
+//! ([`Dispatch::take_ordered_hold`]): it waits for the hold before it connects, dispatches a
+//! message only while the hold is valid, and once the hold is no longer valid (the route moved,
+//! or the lease ran out) it finishes what it dispatched, acknowledges, disconnects, releases the
+//! hold and waits to be granted it again. After sending DISCONNECT it keeps reading until the
+//! broker closes the connection: closing a socket with unread data resets it, and the reset
+//! would discard the last acknowledgements, making the broker redeliver processed messages to
+//! the next holder.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -37,7 +46,7 @@ use super::plan::{validate_topic_name, ConnSpec, SubscriptionMode};
 use super::settings::IngressSettings;
 use super::status::{ConnMetrics, ConnectionStatus, StatusRegistry};
 use super::window::{Finish, OrderedWindow, Slot};
-use crate::message::{Accepted, Dispatch, InboundMessage, PublishError};
+use crate::message::{Accepted, Dispatch, InboundMessage, OrderedHold, PublishError};
 
 /// Capacity of rumqttc's request channel (acks, subscribe, disconnect).
 const REQUEST_CAPACITY: usize = 1024;
@@ -45,6 +54,12 @@ const REQUEST_CAPACITY: usize = 1024;
 const DELIVERY_CAPACITY: usize = 1024;
 /// A draining shared connection disconnects after this long without a new message.
 const SHARED_DRAIN_IDLE: Duration = Duration::from_millis(200);
+/// After DISCONNECT, how long to wait for the broker to close the connection (proof that it
+/// read the acknowledgements sent before).
+const DISCONNECT_LINGER: Duration = Duration::from_secs(2);
+/// How often an ordered connection checks that its hold is still valid (the lease also runs
+/// out with time, not only on events), and asks for a hold it does not have.
+const HOLD_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Everything one connection task needs.
 pub(crate) struct Conn<D> {
@@ -54,6 +69,27 @@ pub(crate) struct Conn<D> {
     pub status: Arc<StatusRegistry>,
     /// Graceful stop: finish (within `shutdown_grace`), acknowledge, disconnect.
     pub stop: CancellationToken,
+    /// For an ordered route: the node's hold on the route, checked before every dispatch.
+    pub hold: Option<Arc<dyn OrderedHold>>,
+}
+
+impl<D> Conn<D> {
+    /// This connection's parts, for one session under `hold`, ended by `stop`.
+    fn session(&self, stop: CancellationToken, hold: Arc<dyn OrderedHold>) -> Self {
+        Self {
+            spec: self.spec.clone(),
+            settings: self.settings.clone(),
+            dispatcher: self.dispatcher.clone(),
+            status: self.status.clone(),
+            stop,
+            hold: Some(hold),
+        }
+    }
+
+    /// False when the hold this connection runs under is no longer valid.
+    fn may_dispatch(&self) -> bool {
+        self.hold.as_ref().is_none_or(|h| h.is_valid())
+    }
 }
 
 /// A received message and the connection generation it arrived on.
@@ -70,6 +106,10 @@ struct Link {
     connected: bool,
     /// Messages of generations below this will not be redelivered by the broker.
     lost_before: u64,
+    /// Acknowledgements queued on this generation's connection, and how many of them rumqttc
+    /// has written to the socket (in order).
+    acks_queued: u64,
+    acks_written: u64,
 }
 
 /// What will become of a message received on an earlier connection.
@@ -172,6 +212,8 @@ impl AckGate {
         self.link.send_modify(|link| {
             link.generation += 1;
             link.connected = false;
+            link.acks_queued = 0;
+            link.acks_written = 0;
             eventloop.clean();
             self.overflow().clear();
         });
@@ -183,19 +225,35 @@ impl AckGate {
         if publish.qos == QoS::AtMostOnce {
             return false;
         }
+        // Wakes the waiters on the link: the poll loop must now go on polling to write it.
+        self.link.send_if_modified(|link| {
+            if !(link.connected && link.generation == generation) {
+                return false;
+            }
+            let mut overflow = self.overflow();
+            if !(overflow.is_empty() && self.client.try_ack(publish).is_ok()) {
+                // Only the packet id and QoS matter for the acknowledgement.
+                let mut ack = Publish::new("", publish.qos, Vec::new());
+                ack.pkid = publish.pkid;
+                overflow.push_back((generation, ack));
+            }
+            link.acks_queued += 1;
+            true
+        })
+    }
+
+    /// Called by the poll loop when rumqttc wrote an acknowledgement to the socket.
+    fn on_ack_written(&self) {
+        self.link.send_modify(|link| link.acks_written += 1);
+    }
+
+    /// Whether every acknowledgement queued on `generation` so far was written to the socket,
+    /// or that connection is gone (its unacknowledged messages come again). What a key's next
+    /// message waits for: once the previous PUBACK is in the kernel, even a holder killed now
+    /// gets that message redelivered no more.
+    fn acks_written(&self, generation: u64) -> bool {
         let link = self.link.borrow();
-        if !(link.connected && link.generation == generation) {
-            return false;
-        }
-        let mut overflow = self.overflow();
-        if overflow.is_empty() && self.client.try_ack(publish).is_ok() {
-            return true;
-        }
-        // Only the packet id and QoS matter for the acknowledgement.
-        let mut ack = Publish::new("", publish.qos, Vec::new());
-        ack.pkid = publish.pkid;
-        overflow.push_back((generation, ack));
-        true
+        link.generation != generation || link.acks_written >= link.acks_queued
     }
 
     /// Called by the poll loop between polls: moves overflowed acknowledgements of the live
@@ -215,6 +273,11 @@ impl AckGate {
     /// ends by itself on `stop`.
     async fn request_disconnect(&self) {
         for _ in 0..200 {
+            // Acknowledgements still waiting in the overflow must go out before DISCONNECT.
+            if self.is_connected() && !self.overflow().is_empty() {
+                sleep(Duration::from_millis(10)).await;
+                continue;
+            }
             if !self.is_connected() || self.client.try_disconnect().is_ok() {
                 return;
             }
@@ -223,13 +286,79 @@ impl AckGate {
     }
 }
 
-/// Runs one connection until `conn.stop` (graceful) or until the task is aborted.
+/// Runs one connection until `conn.stop` (graceful) or until the task is aborted. An ordered
+/// route's connection runs in sessions, each under one hold of the route (see the module
+/// docs).
 pub(crate) async fn run_connection<D: Dispatch>(conn: Conn<D>) {
     let spec = &conn.spec;
     let m = ConnMetrics::new(&spec.route, &spec.client_id);
     conn.status
         .insert(ConnectionStatus::new(&spec.route, &spec.client_id, spec.mode));
     m.connected(false);
+    match spec.mode {
+        SubscriptionMode::Shared => run_session(&conn, &m).await,
+        SubscriptionMode::Ordered => loop {
+            let Some(hold) = wait_for_hold(&conn).await else {
+                break;
+            };
+            let session = conn.session(conn.stop.child_token(), Arc::from(hold));
+            let run = async {
+                run_session(&session, &m).await;
+                session.stop.cancel();
+            };
+            let watch_hold = async {
+                loop {
+                    tokio::select! {
+                        _ = sleep(HOLD_CHECK_INTERVAL) => {}
+                        _ = session.stop.cancelled() => return,
+                    }
+                    if !session.may_dispatch() {
+                        info!(client = %spec.client_id, route = %spec.route,
+                            "this node no longer holds the ordered route (it moved, or the lease ran out): finishing, acknowledging and disconnecting");
+                        session.stop.cancel();
+                        return;
+                    }
+                }
+            };
+            tokio::join!(run, watch_hold);
+            // Dropping the session releases the hold: the route may be handed over now.
+            drop(session);
+            if conn.stop.is_cancelled() {
+                break;
+            }
+        },
+    }
+    conn.status.remove(&spec.client_id);
+    m.connected(false);
+    debug!(client = %spec.client_id, "MQTT ingress connection stopped");
+}
+
+/// Waits until the node grants the hold on the connection's ordered route; `None` on stop.
+async fn wait_for_hold<D: Dispatch>(conn: &Conn<D>) -> Option<Box<dyn OrderedHold>> {
+    let mut logged = false;
+    loop {
+        if let Some(hold) = conn.dispatcher.take_ordered_hold(&conn.spec.route) {
+            conn.status
+                .update(&conn.spec.client_id, |st| st.awaiting_hold = false);
+            return Some(hold);
+        }
+        if !logged {
+            logged = true;
+            conn.status
+                .update(&conn.spec.client_id, |st| st.awaiting_hold = true);
+            debug!(client = %conn.spec.client_id, route = %conn.spec.route,
+                "waiting for the route's previous holder to hand it over before connecting");
+        }
+        tokio::select! {
+            _ = sleep(HOLD_CHECK_INTERVAL) => {}
+            _ = conn.stop.cancelled() => return None,
+        }
+    }
+}
+
+/// One session: connects (reconnecting with backoff) and runs until `conn.stop`.
+async fn run_session<D: Dispatch>(conn: &Conn<D>, m: &ConnMetrics) {
+    let spec = &conn.spec;
     let persistent = spec.mode == SubscriptionMode::Ordered;
 
     let mut backoff = Backoff::new(
@@ -244,10 +373,7 @@ pub(crate) async fn run_connection<D: Dispatch>(conn: Conn<D>) {
                 conn.status.set_error(&spec.client_id, e);
                 tokio::select! {
                     _ = sleep(backoff.next_delay()) => {}
-                    _ = conn.stop.cancelled() => {
-                        conn.status.remove(&spec.client_id);
-                        return;
-                    }
+                    _ = conn.stop.cancelled() => return,
                 }
             }
         }
@@ -257,18 +383,16 @@ pub(crate) async fn run_connection<D: Dispatch>(conn: Conn<D>) {
     let gate = AckGate::new(client, persistent);
     let (tx, rx) = mpsc::channel(DELIVERY_CAPACITY);
 
-    let poller = poll_loop(&conn, eventloop, &gate, tx, &m);
+    let poller = poll_loop(conn, eventloop, &gate, tx, m);
     match spec.mode {
         SubscriptionMode::Ordered => {
-            tokio::join!(poller, ordered_worker(&conn, &gate, rx, &m));
+            tokio::join!(poller, ordered_worker(conn, &gate, rx, m));
         }
         SubscriptionMode::Shared => {
-            tokio::join!(poller, shared_worker(&conn, &gate, rx, &m));
+            tokio::join!(poller, shared_worker(conn, &gate, rx, m));
         }
     }
-    conn.status.remove(&spec.client_id);
     m.connected(false);
-    debug!(client = %spec.client_id, "MQTT ingress connection stopped");
 }
 
 /// Drives rumqttc: connects, subscribes, forwards messages, reconnects with backoff.
@@ -288,6 +412,12 @@ async fn poll_loop<D: Dispatch>(
     let mut subscribed_once = false;
     let mut subscribe_pending = false;
     let mut failures_in_a_row = 0u32;
+    // Set once DISCONNECT went out: read until the broker closes, at most until then.
+    let mut linger_until: Option<Instant> = None;
+    // Received, not yet taken by the worker. The poll loop never waits for the worker while
+    // acknowledgements are still to be written: the worker may be waiting for exactly that.
+    let mut backlog: VecDeque<Delivery> = VecDeque::new();
+    let mut acks = gate.link.subscribe();
     let qos = match spec.qos {
         0 => QoS::AtMostOnce,
         1 => QoS::AtLeastOnce,
@@ -296,10 +426,45 @@ async fn poll_loop<D: Dispatch>(
 
     loop {
         gate.flush_overflow();
+        while let Some(delivery) = backlog.pop_front() {
+            match tx.try_send(delivery) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(delivery)) => {
+                    backlog.push_front(delivery);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    // The worker has stopped: the messages stay unacknowledged.
+                    backlog.clear();
+                }
+            }
+        }
+        // Backpressure: with this many waiting, stop reading (TCP holds the rest) until the
+        // worker takes one, but go on polling whenever acknowledgements are to be written.
+        while backlog.len() >= DELIVERY_CAPACITY && gate.acks_written(gate.generation()) {
+            tokio::select! {
+                permit = tx.reserve() => {
+                    match (permit, backlog.pop_front()) {
+                        (Ok(permit), Some(delivery)) => permit.send(delivery),
+                        _ => backlog.clear(),
+                    }
+                }
+                changed = acks.changed() => if changed.is_err() { break },
+            }
+        }
         if subscribe_pending && connected {
             subscribe_pending = !send_subscribe(gate, spec, qos, subscribed_once);
         }
-        let event = if connected {
+        let event = if let Some(deadline) = linger_until {
+            // Only reading now (nothing more is sent after DISCONNECT): safe to cancel.
+            tokio::select! {
+                _ = sleep_until(deadline) => {
+                    debug!(client = id, "the broker did not close the connection after DISCONNECT in time");
+                    break;
+                }
+                event = eventloop.poll() => event,
+            }
+        } else if connected {
             // Never cancelled while connected: rumqttc's poll is not cancel-safe mid-write.
             // A stop reaches us as a DISCONNECT request from the worker.
             eventloop.poll().await
@@ -310,6 +475,14 @@ async fn poll_loop<D: Dispatch>(
                 event = eventloop.poll() => event,
             }
         };
+        if linger_until.is_some() {
+            match event {
+                // Closed by the broker: it read everything sent before DISCONNECT. Messages
+                // that arrived meanwhile stay unacknowledged, for the next session.
+                Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 connected = true;
@@ -357,9 +530,8 @@ async fn poll_loop<D: Dispatch>(
                         conn.status.update(id, |st| st.rejected += 1);
                         debug!(client = id, "QoS 0 message dropped: the worker is behind");
                     }
-                } else if tx.send(delivery).await.is_err() {
-                    // The worker has stopped: the message stays unacknowledged.
-                    debug!(client = id, "message left unacknowledged: worker stopped");
+                } else {
+                    backlog.push_back(delivery);
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
@@ -380,7 +552,10 @@ async fn poll_loop<D: Dispatch>(
                     debug!(client = id, filter = %spec.subscribe_filter, "MQTT ingress subscribed");
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+            Ok(Event::Outgoing(Outgoing::PubAck(_) | Outgoing::PubRec(_))) => gate.on_ack_written(),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                linger_until = Some(Instant::now() + DISCONNECT_LINGER);
+            }
             Ok(_) => {}
             Err(e) => {
                 let was_connected = connected;
@@ -498,7 +673,8 @@ fn bad_packet_reason(e: &ConnectionError) -> Option<&'static str> {
 }
 
 /// Ordered: messages of different keys are dispatched concurrently, a key's messages one at a
-/// time in arrival order (the next once the previous was acknowledged), acknowledgements in
+/// time in arrival order (the next once the previous one's PUBACK was written to the socket),
+/// acknowledgements in
 /// arrival order, at most `ordered_max_in_flight` messages held ([`OrderedWindow`] decides). A retryable failure is retried in
 /// place, holding its key and the acknowledgements after it, until it succeeds, the broker
 /// will redeliver it, or `stop`. On stop nothing new is taken or started: what is dispatching
@@ -516,10 +692,43 @@ async fn ordered_worker<D: Dispatch>(
         (slot, how)
     };
     let mut dispatching = FuturesUnordered::new();
+    // Messages whose key's previous message was released, waiting until its PUBACK (and every
+    // one queued before it) is written: (connection generation, slot).
+    let mut deferred: Vec<(u64, Slot)> = Vec::new();
+    let mut link = gate.link.subscribe();
     let mut stopping = false;
     loop {
+        if stopping && !deferred.is_empty() {
+            // Not started once stopping: the broker sends them again (so does every later
+            // one of their connection, whose acks it then withholds).
+            let mut finished: Vec<(Slot, Finish)> =
+                deferred.drain(..).map(|(_, s)| (s, Finish::Withhold)).collect();
+            while let Some((slot, how)) = finished.pop() {
+                let released = window.finish(slot, how);
+                for delivery in &released.acks {
+                    if gate.ack(delivery.generation, &delivery.publish) {
+                        acked(conn, m);
+                    }
+                }
+                finished.extend(released.start.into_iter().map(|s| (s, Finish::Withhold)));
+            }
+        }
         if stopping && dispatching.is_empty() {
             break;
+        }
+        // Start what waited for its predecessor's acknowledgement to be written.
+        if !deferred.is_empty() && !stopping {
+            let mut still = Vec::new();
+            for (generation, slot) in deferred.drain(..) {
+                if gate.acks_written(generation) {
+                    if let Some(delivery) = window.item(slot) {
+                        dispatching.push(dispatch(slot, delivery.clone()));
+                    }
+                } else {
+                    still.push((generation, slot));
+                }
+            }
+            deferred = still;
         }
         tokio::select! {
             biased;
@@ -537,10 +746,15 @@ async fn ordered_worker<D: Dispatch>(
                             // Not started once stopping: the broker sends it again (so does
                             // every later one of its connection, whose acks it withholds).
                             finished.push((next, Finish::Withhold));
-                        } else if let Some(delivery) = window.item(next) {
-                            dispatching.push(dispatch(next, delivery.clone()));
+                        } else {
+                            deferred.push((gate.generation(), next));
                         }
                     }
+                }
+            }
+            changed = link.changed(), if !deferred.is_empty() => {
+                if changed.is_err() {
+                    stopping = true;
                 }
             }
             _ = conn.stop.cancelled(), if !stopping => stopping = true,
@@ -691,11 +905,18 @@ async fn process<D: Dispatch>(
         topic: publish.topic.clone(),
         payload: publish.payload.to_vec(),
         message_id,
+        ordered_ingress: conn.hold.is_some(),
     };
     let mut retry = Backoff::new(conn.settings.dispatch_retry_min, conn.settings.dispatch_retry_max);
     let mut attempt = 0u32;
     loop {
         attempt = attempt.saturating_add(1);
+        if !conn.may_dispatch() {
+            // The route moved or the lease ran out (perhaps while this process was paused):
+            // the next holder gets it from the broker.
+            debug!(client = id, topic = %publish.topic, "not dispatched: this node no longer holds the route");
+            return Finish::Withhold;
+        }
         let Some(result) = dispatch_within_grace(conn, message.clone()).await else {
             debug!(client = id, topic = %publish.topic, "dispatch abandoned on shutdown; not acknowledged");
             return Finish::Withhold;

@@ -29,9 +29,19 @@
 //! connection with the route's fixed client id, a persistent session (`clean_session = false`)
 //! and manual acknowledgements:
 //!
+//! - the connection runs under the node's *hold* on the route ([`Dispatch::take_ordered_hold`]):
+//!   it connects only once the hold is granted (on a node: the partition of the route's
+//!   `$ingress` key is active there, so the previous holder has finished), dispatches a message
+//!   only while the hold is valid (checked before every attempt, on the monotonic clock, so a
+//!   holder resumed after a long pause dispatches nothing from its socket buffer), and when the
+//!   hold ends it finishes, acknowledges, disconnects and only then releases the hold;
+//! - after DISCONNECT it reads until the broker closes the connection: closing a socket with
+//!   unread data resets it, and the reset would discard the acknowledgements just written;
 //! - messages of different keys (the route's key, [`Dispatch::ordering_key`]) are dispatched
 //!   concurrently; a key's messages one at a time, in arrival order: the next only once the
-//!   previous one was acknowledged (accepted or given up, and every message before it too). A
+//!   previous one was acknowledged (accepted or given up, and every message before it too) and
+//!   that PUBACK was written to the socket (so even a holder killed at once has told the
+//!   broker). A
 //!   retryable failure is retried in place, forever (with backoff), holding its key: later
 //!   messages of the key never overtake it;
 //! - PUBACKs leave in the order the PUBLISH packets arrived (MQTT 3.1.1 §4.6): a message is
@@ -54,7 +64,8 @@
 //!   A message the old holder had processed but not acknowledged is processed again (at least
 //!   once, G4; a `journal` route with `message_id_field` keeps one): at most one per key, and
 //!   right after its original, since a key's next message waits for the previous one's
-//!   acknowledgement;
+//!   acknowledgement to be written. On a planned move (join, leave) there are none: the new
+//!   holder connects only after the old one's acknowledgements reached the broker;
 //! - MQTT 3.1.1 gives no reason when the broker closes a connection, so a repeated close shortly
 //!   after connecting is taken as a takeover fight: the connection then stays away with a
 //!   growing delay instead of throwing the other holder off in a loop ([`guard`]). The plan,
@@ -84,9 +95,9 @@
 //!   ordered route's window) and then stops reading (TCP backpressure);
 //!   if a dispatch then stays stuck longer than 1.5 x keep-alive, the broker drops the
 //!   connection and redelivers the unacknowledged messages on the next one.
-//! - On a planned handoff the old holder sends its last acknowledgements and DISCONNECT; if the
-//!   new holder's CONNECT reaches the broker before it read them, the takeover discards them
-//!   and the new holder receives those messages again.
+//! - A holder that stays stuck in a dispatch longer than `shutdown_grace` after its hold ended
+//!   abandons it unacknowledged: the next holder gets that message again (a duplicate, in place
+//!   if it had been processed).
 //!
 //! # Failure handling
 //! Reconnects use exponential backoff; [`IngressHandle::status`] tells whether each connection
@@ -368,6 +379,7 @@ impl<D: Dispatch> Supervisor<D> {
             dispatcher: self.dispatcher.clone(),
             status: self.status.clone(),
             stop: stop.clone(),
+            hold: None,
         };
         let task = OwnedTask(tokio::spawn(run_connection(conn)));
         self.running

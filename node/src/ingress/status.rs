@@ -82,7 +82,9 @@ impl IngressStatus {
     pub fn readiness(&self) -> IngressReadiness {
         let connections = self.connections.len();
         let connected = self.connections.iter().filter(|c| c.connected).count();
-        let fenced = self.connections.iter().any(|c| c.fenced);
+        // Held back on purpose: another client holds the session, or another node is still
+        // handing the route over. Neither says anything about the broker.
+        let fenced = self.connections.iter().any(|c| c.fenced || c.awaiting_hold);
         let problem = if let Some(why) = &self.not_started {
             Some(format!("MQTT ingress not started: {why}"))
         } else if connections > 0 && connected == 0 && !fenced {
@@ -158,6 +160,9 @@ pub struct ConnectionStatus {
     /// Messages dropped without dispatch because the broker redelivers them (persistent
     /// session resumed after the connection they came on was lost).
     pub superseded: u64,
+    /// An ordered route's connection waiting for the route's previous holder to hand it over
+    /// (it connects once this node holds the route).
+    pub awaiting_hold: bool,
 }
 
 impl ConnectionStatus {
@@ -180,6 +185,7 @@ impl ConnectionStatus {
             retries: 0,
             rejected: 0,
             superseded: 0,
+            awaiting_hold: false,
         }
     }
 }

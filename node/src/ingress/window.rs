@@ -17,7 +17,8 @@
 //! - **A redelivery repeats at most one processed message per key, in place.** After a lost
 //!   connection or a takeover the broker resends every unacknowledged message, in order.
 //!   Because a key's next message starts only after its previous one was acknowledged (or
-//!   will never be), the resent messages of a key hold at most one that was already
+//!   will never be) and, the worker adds, that PUBACK was written to the socket, the resent
+//!   messages of a key hold at most one that was already
 //!   processed, and it comes first: a duplicate shows next to its original, never after a
 //!   later message of its key (what the stream checker of the fault harness accepts without
 //!   message ids).
