@@ -323,12 +323,17 @@ impl Journal {
         Ok(())
     }
 
-    /// Puts back the history of a node that was failed over and has returned: its entries of
-    /// `partition` (`older`) go *before* everything held here, per (route, key), skipping
-    /// message ids already held here (a producer retried them); offsets are renumbered. Sound
-    /// because fencing guarantees the failed node processed all of them before this node
-    /// started on the partition. One durable write. Blocking; the caller serializes it with the
-    /// partition's processing.
+    /// Puts back the history of a node that was failed over and has returned (`older`: its
+    /// entries of `partition`) into what is held here: per (route, key), the two histories
+    /// are merged in the order of the epochs the entries were processed at, each side's own
+    /// order kept, on a tie the returned side first; a message id present twice is kept once,
+    /// at its first place (a producer retried it); offsets are renumbered. Sound because one
+    /// partition's ownership intervals are disjoint and ordered by epoch (G2: a failed-over
+    /// node processed everything before the next owner started). The epoch order matters when
+    /// the history held here already holds older entries than those returned: two nodes failed
+    /// over one after the other, the older copy returned first. One durable write. Blocking;
+    /// the caller serializes it with the partition's processing. Returns how many returned
+    /// entries were not held here.
     pub fn merge_older(&self, partition: u32, older: &PartitionData) -> Result<usize, JournalError> {
         use std::collections::BTreeMap;
         let current = self.export_partition(partition)?;
@@ -362,14 +367,28 @@ impl Journal {
         let mut restored = 0;
         for (prefix, (old, new)) in keys {
             let held: std::collections::HashSet<&str> = new.iter().map(|r| r.message_id.as_str()).collect();
-            let mut seen = std::collections::HashSet::new();
-            let merged = old
+            restored += old
                 .iter()
                 .filter(|r| !held.contains(r.message_id.as_str()))
-                .inspect(|_| restored += 1)
-                .chain(new.iter())
-                .filter(|r| seen.insert(r.message_id.clone()));
-            for (offset, record) in merged.enumerate() {
+                .map(|r| r.message_id.as_str())
+                .collect::<std::collections::HashSet<_>>()
+                .len();
+            let mut seen = std::collections::HashSet::new();
+            let (mut i, mut j) = (0, 0);
+            let mut merged = Vec::with_capacity(old.len() + new.len());
+            while i < old.len() || j < new.len() {
+                let record = if j >= new.len() || (i < old.len() && old[i].epoch <= new[j].epoch) {
+                    i += 1;
+                    &old[i - 1]
+                } else {
+                    j += 1;
+                    &new[j - 1]
+                };
+                if seen.insert(record.message_id.as_str()) {
+                    merged.push(record);
+                }
+            }
+            for (offset, record) in merged.into_iter().enumerate() {
                 let mut record = record.clone();
                 record.offset = offset as u64;
                 let mut key = prefix.clone();
@@ -540,5 +559,37 @@ mod tests {
             1,
             "other partitions untouched"
         );
+    }
+
+    fn at_epoch(id: &str, epoch: u64) -> JournalRecord {
+        JournalRecord {
+            epoch,
+            ..record(id, 7)
+        }
+    }
+
+    #[test]
+    fn histories_merge_in_epoch_order_whichever_comes_back_first() {
+        // n1 processed at epoch 5 and was failed over; n4 processed at epoch 7 and was failed
+        // over too; n1 came back first (its history is held here, with epoch 9 entries after
+        // it), then n4 returns its newer history: it belongs between the two.
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (returned, here) = (
+            Journal::open(a_dir.path()).unwrap(),
+            Journal::open(b_dir.path()).unwrap(),
+        );
+        for (id, epoch) in [("a", 5), ("b", 5), ("c", 9), ("d", 9)] {
+            here.append("r", "k", at_epoch(id, epoch)).unwrap();
+        }
+        for (id, epoch) in [("x", 7), ("y", 7), ("c", 9)] {
+            returned.append("r", "k", at_epoch(id, epoch)).unwrap();
+        }
+        let restored = here
+            .merge_older(7, &returned.export_partition(7).unwrap())
+            .unwrap();
+        assert_eq!(restored, 2, "x and y come back; c is already here");
+        let (entries, _) = here.read(7, "r", "k", 0, 10).unwrap();
+        let ids: Vec<_> = entries.iter().map(|e| (e.message_id.as_str(), e.epoch)).collect();
+        assert_eq!(ids, [("a", 5), ("b", 5), ("x", 7), ("y", 7), ("c", 9), ("d", 9)]);
     }
 }
