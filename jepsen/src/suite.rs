@@ -69,33 +69,14 @@ pub const KNOWN_LIMITS: &[KnownLimit] = &[
              data directory, so what it alone held is gone (replication is a later issue)",
     },
     KnownLimit {
-        check: "G3",
-        workload: Some(WorkloadKind::OrderedStream),
-        nemeses: Nemeses::These(&[NemesisKind::PauseOne, NemesisKind::Combined]),
-        reason: "seen in the matrix of 2026-11-23 (6 and 60 entries): after an owner is paused \
-                 past the failover timeout, an older message of a producer appears after newer \
-                 ones in the key's journal (k13: producer 11 seq 18 at offset 265 after seq 48 \
-                 at 228), i.e. appended late rather than put back before; not yet explained \
-                 (suspects: a journal append the paused owner made before its post-handler \
-                 lease check, an MQTT redelivery after the session moved)",
-    },
-    KnownLimit {
-        check: "G4",
-        workload: Some(WorkloadKind::OrderedStream),
-        nemeses: Nemeses::These(&[NemesisKind::PartitionMajority]),
-        reason: "seen in the matrix of 2026-11-23 (3274 of 8692 lost): with two nodes cut off \
-                 and failed over, the history they held had not come back to the owners by \
-                 the end of the final reads; not yet explained (the kill and pause tests give \
-                 history back on return)",
-    },
-    KnownLimit {
         check: "G5",
         workload: Some(WorkloadKind::OrderedStream),
         nemeses: Nemeses::These(&[NemesisKind::PartitionRing, NemesisKind::PartitionBridge]),
-        reason: "seen in the matrix of 2026-11-23 (windows up to 16 s against 10 s): under \
-                 partitions where no node is cut off from every other, nodes that still see \
-                 each other through gossip are not failed over and their partitions wait for \
-                 the heal; not yet analysed",
+        reason: "seen in the matrices of 2026-11-23 (windows up to 16 s against 10 s): under \
+                 partitions where no node is cut off from every other, a node that cannot \
+                 reach the Raft leader cannot renew its lease, but gossip (through its other \
+                 neighbours) still reports it alive, and the coordinator fails over only nodes \
+                 that gossip reports dead: its partitions wait for the heal",
     },
 ];
 
