@@ -58,6 +58,6 @@ use_clippy_in_build() {
 # One build for everything: binaries, tests and benches share one feature set, so the quick
 # start, the tests and clippy never compile RocksDB twice.
 build_all() {
-    say "cargo build --workspace --all-targets (first build compiles RocksDB: ~10-15 min on 2 cores)"
+    say "cargo build --workspace --all-targets (first build compiles RocksDB: ~25-30 min on 2 cores)"
     cargo build --locked --workspace --all-targets
 }
