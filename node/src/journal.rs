@@ -326,8 +326,8 @@ impl Journal {
     /// Puts back the history of a node that was failed over and has returned (`older`: its
     /// entries of `partition`) into what is held here: per (route, key), the two histories
     /// are merged in the order of the epochs the entries were processed at, each side's own
-    /// order kept, on a tie the returned side first; a message id present twice is kept once,
-    /// at its first place (a producer retried it); offsets are renumbered. Sound because one
+    /// order kept, on a tie the returned side first; a returned message whose id is held here
+    /// (a producer retried it here) keeps the place it has here; offsets are renumbered. Sound because one
     /// partition's ownership intervals are disjoint and ordered by epoch (G2: a failed-over
     /// node processed everything before the next owner started). The epoch order matters when
     /// the history held here already holds older entries than those returned: two nodes failed
@@ -373,13 +373,18 @@ impl Journal {
                 .map(|r| r.message_id.as_str())
                 .collect::<std::collections::HashSet<_>>()
                 .len();
+            // A message held here too (a producer retried it here) keeps its place here.
+            let old: Vec<&JournalRecord> = old
+                .iter()
+                .filter(|r| !held.contains(r.message_id.as_str()))
+                .collect();
             let mut seen = std::collections::HashSet::new();
             let (mut i, mut j) = (0, 0);
             let mut merged = Vec::with_capacity(old.len() + new.len());
             while i < old.len() || j < new.len() {
                 let record = if j >= new.len() || (i < old.len() && old[i].epoch <= new[j].epoch) {
                     i += 1;
-                    &old[i - 1]
+                    old[i - 1]
                 } else {
                     j += 1;
                     &new[j - 1]

@@ -277,7 +277,13 @@ impl TestCluster {
                 bail!("{id} is not running");
             }
             if Instant::now() > deadline {
-                bail!("{id} still running after {timeout:?}");
+                let log = self.node(id).log_text();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!(
+                    "{id} still running after {timeout:?}; the end of its log:\n{}",
+                    tail.join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
