@@ -72,7 +72,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(routemq_node::node::run(settings, shutdown_signal())) {
+    let result = runtime.block_on(routemq_node::node::run(settings, shutdown_signal()));
+    // A blocking task still running (a stuck disk write) must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "node failed");

@@ -123,6 +123,9 @@ fn in_use_hint(e: &std::io::Error) -> &'static str {
 
 /// How long running tasks get to finish after shutdown was requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long the node's parts (ingress, forwarder, processor, Raft, gossip) get to stop, one
+/// after the other, after the tasks' grace period.
+const STOP_PARTS_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
     TcpListener::bind(addr)
@@ -552,18 +555,42 @@ pub async fn run_with(
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }
-    if let Some(ingress) = ingress {
-        ingress.shutdown().await;
-    }
-    if let Some(publisher) = mqtt_publisher {
-        publisher.shutdown().await;
-    }
-    forwarder.shutdown().await;
-    processor.shutdown().await;
-    config.shutdown().await;
-    drop(coordinator);
-    if let Ok(membership) = Arc::try_unwrap(membership) {
-        membership.shutdown().await;
+    // The parts stop in order; bounded so that a stuck part cannot keep the process alive
+    // (the caller's runtime then drops whatever is left).
+    let step = Arc::new(std::sync::Mutex::new("MQTT ingress"));
+    let stop_parts = {
+        let step = step.clone();
+        let set = move |name: &'static str| {
+            *step.lock().unwrap_or_else(|p| p.into_inner()) = name;
+        };
+        async move {
+            if let Some(ingress) = ingress {
+                ingress.shutdown().await;
+            }
+            set("MQTT publisher");
+            if let Some(publisher) = mqtt_publisher {
+                publisher.shutdown().await;
+            }
+            set("forwarder");
+            forwarder.shutdown().await;
+            set("processor");
+            processor.shutdown().await;
+            set("Raft config");
+            config.shutdown().await;
+            drop(coordinator);
+            set("membership");
+            if let Ok(membership) = Arc::try_unwrap(membership) {
+                membership.shutdown().await;
+            }
+        }
+    };
+    if tokio::time::timeout(STOP_PARTS_TIMEOUT, stop_parts)
+        .await
+        .is_err()
+    {
+        let stuck = *step.lock().unwrap_or_else(|p| p.into_inner());
+        tracing::warn!(timeout = ?STOP_PARTS_TIMEOUT, stuck,
+            "a part of the node did not stop in time; exiting anyway");
     }
     tracing::info!("stopped");
     outcome
