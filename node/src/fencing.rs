@@ -64,6 +64,13 @@ struct State {
     lease: Lease,
 }
 
+impl State {
+    /// Whether the lease is valid now, at the epoch last observed.
+    fn lease_valid_now(&self) -> bool {
+        self.lease.status(Instant::now(), self.ownership.epoch()) == LeaseStatus::Valid
+    }
+}
+
 /// This node's fence.
 pub struct Fence {
     node_id: String,
@@ -191,7 +198,7 @@ impl Fence {
     pub fn take_ingress_hold(&self, partition: u32) -> Option<u64> {
         let token = {
             let mut state = self.lock();
-            if state.lease.status(Instant::now(), state.ownership.epoch()) != LeaseStatus::Valid {
+            if !state.lease_valid_now() {
                 return None;
             }
             state.ownership.take_ingress_hold(partition)
@@ -205,8 +212,7 @@ impl Fence {
     /// the monotonic clock, so a node resumed after a long pause sees at once that it is not).
     pub fn ingress_hold_valid(&self, partition: u32, token: u64) -> bool {
         let state = self.lock();
-        state.lease.status(Instant::now(), state.ownership.epoch()) == LeaseStatus::Valid
-            && state.ownership.ingress_hold_valid(partition, token)
+        state.lease_valid_now() && state.ownership.ingress_hold_valid(partition, token)
     }
 
     /// Ends hold `token` on `partition`: the ingress acknowledged what it processed and

@@ -367,12 +367,6 @@ impl Journal {
         let mut restored = 0;
         for (prefix, (old, new)) in keys {
             let held: std::collections::HashSet<&str> = new.iter().map(|r| r.message_id.as_str()).collect();
-            restored += old
-                .iter()
-                .filter(|r| !held.contains(r.message_id.as_str()))
-                .map(|r| r.message_id.as_str())
-                .collect::<std::collections::HashSet<_>>()
-                .len();
             // A message held here too (a producer retried it here) keeps its place here.
             let old: Vec<&JournalRecord> = old
                 .iter()
@@ -382,7 +376,8 @@ impl Journal {
             let (mut i, mut j) = (0, 0);
             let mut merged = Vec::with_capacity(old.len() + new.len());
             while i < old.len() || j < new.len() {
-                let record = if j >= new.len() || (i < old.len() && old[i].epoch <= new[j].epoch) {
+                let returned = j >= new.len() || (i < old.len() && old[i].epoch <= new[j].epoch);
+                let record = if returned {
                     i += 1;
                     old[i - 1]
                 } else {
@@ -390,6 +385,7 @@ impl Journal {
                     &new[j - 1]
                 };
                 if seen.insert(record.message_id.as_str()) {
+                    restored += usize::from(returned);
                     merged.push(record);
                 }
             }

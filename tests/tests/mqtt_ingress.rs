@@ -17,16 +17,8 @@ const KEYS: usize = 500;
 const PER_KEY: usize = 20;
 const MQTT_PRODUCERS: usize = 5;
 
-fn seq_of(entry: &pb::JournalEntry) -> usize {
-    String::from_utf8_lossy(&entry.payload)
-        .split('|')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(usize::MAX)
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn mqtt_and_grpc_messages_are_journaled_in_order_once_each() -> Result<()> {
+/// A real Mosquitto and three nodes joined through n1, all ready.
+async fn three_nodes_with_broker() -> Result<(TestCluster, Mosquitto)> {
     let mut cluster = TestCluster::new()?;
     let broker = Mosquitto::start(&cluster).await?;
     cluster.extra_args = vec!["--mqtt".into(), broker.addr.clone()];
@@ -37,6 +29,20 @@ async fn mqtt_and_grpc_messages_are_journaled_in_order_once_each() -> Result<()>
     for id in ["n1", "n2", "n3"] {
         cluster.wait_ready(id, Duration::from_secs(60)).await?;
     }
+    Ok((cluster, broker))
+}
+
+fn seq_of(entry: &pb::JournalEntry) -> usize {
+    String::from_utf8_lossy(&entry.payload)
+        .split('|')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt_and_grpc_messages_are_journaled_in_order_once_each() -> Result<()> {
+    let (cluster, broker) = three_nodes_with_broker().await?;
     cluster
         .put_route(ordered_journal_route("telemetry", "sensors/{device_id}/data"))
         .await?;
@@ -223,16 +229,7 @@ async fn read_settled(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn messages_delivered_twice_are_journaled_once_by_their_payload_id() -> Result<()> {
-    let mut cluster = TestCluster::new()?;
-    let broker = Mosquitto::start(&cluster).await?;
-    cluster.extra_args = vec!["--mqtt".into(), broker.addr.clone()];
-    cluster.add_node("n1", &["--bootstrap"])?;
-    let seed = cluster.node("n1").gossip();
-    cluster.add_node("n2", &["--seed", &seed])?;
-    cluster.add_node("n3", &["--seed", &seed])?;
-    for id in ["n1", "n2", "n3"] {
-        cluster.wait_ready(id, Duration::from_secs(60)).await?;
-    }
+    let (cluster, broker) = three_nodes_with_broker().await?;
     cluster
         .put_route(pb::Route {
             message_id_field: "/id".into(),

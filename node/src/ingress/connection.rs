@@ -699,58 +699,27 @@ async fn ordered_worker<D: Dispatch>(
     let mut stopping = false;
     loop {
         if stopping && !deferred.is_empty() {
-            // Not started once stopping: the broker sends them again (so does every later
-            // one of their connection, whose acks it then withholds).
-            let mut finished: Vec<(Slot, Finish)> =
-                deferred.drain(..).map(|(_, s)| (s, Finish::Withhold)).collect();
-            while let Some((slot, how)) = finished.pop() {
-                let released = window.finish(slot, how);
-                for delivery in &released.acks {
-                    if gate.ack(delivery.generation, &delivery.publish) {
-                        acked(conn, m);
-                    }
-                }
-                finished.extend(released.start.into_iter().map(|s| (s, Finish::Withhold)));
-            }
+            let withheld = deferred.drain(..).map(|(_, s)| (s, Finish::Withhold)).collect();
+            release(conn, gate, m, &mut window, withheld, None);
         }
         if stopping && dispatching.is_empty() {
             break;
         }
         // Start what waited for its predecessor's acknowledgement to be written.
-        if !deferred.is_empty() && !stopping {
-            let mut still = Vec::new();
-            for (generation, slot) in deferred.drain(..) {
-                if gate.acks_written(generation) {
-                    if let Some(delivery) = window.item(slot) {
-                        dispatching.push(dispatch(slot, delivery.clone()));
-                    }
-                } else {
-                    still.push((generation, slot));
-                }
+        deferred.retain(|&(generation, slot)| {
+            if !gate.acks_written(generation) {
+                return true;
             }
-            deferred = still;
-        }
+            if let Some(delivery) = window.item(slot) {
+                dispatching.push(dispatch(slot, delivery.clone()));
+            }
+            false
+        });
         tokio::select! {
             biased;
             Some((slot, how)) = dispatching.next(), if !dispatching.is_empty() => {
-                let mut finished = vec![(slot, how)];
-                while let Some((slot, how)) = finished.pop() {
-                    let released = window.finish(slot, how);
-                    for delivery in &released.acks {
-                        if gate.ack(delivery.generation, &delivery.publish) {
-                            acked(conn, m);
-                        }
-                    }
-                    for next in released.start {
-                        if stopping {
-                            // Not started once stopping: the broker sends it again (so does
-                            // every later one of its connection, whose acks it withholds).
-                            finished.push((next, Finish::Withhold));
-                        } else {
-                            deferred.push((gate.generation(), next));
-                        }
-                    }
-                }
+                let starts = (!stopping).then_some(&mut deferred);
+                release(conn, gate, m, &mut window, vec![(slot, how)], starts);
             }
             changed = link.changed(), if !deferred.is_empty() => {
                 if changed.is_err() {
@@ -774,6 +743,35 @@ async fn ordered_worker<D: Dispatch>(
     // the next holder.
     drop(rx);
     gate.request_disconnect().await;
+}
+
+/// Records finished dispatches in the window and acknowledges what that releases. The messages
+/// it lets start go to `starts` (tagged with the connection generation, to wait there for the
+/// previous PUBACK to be written); with `None` (stopping) they are not started but withheld:
+/// the broker sends them again, and every later one of their connection, whose
+/// acknowledgements it then withholds.
+fn release<D>(
+    conn: &Conn<D>,
+    gate: &AckGate,
+    m: &ConnMetrics,
+    window: &mut OrderedWindow<Delivery>,
+    mut finished: Vec<(Slot, Finish)>,
+    mut starts: Option<&mut Vec<(u64, Slot)>>,
+) {
+    while let Some((slot, how)) = finished.pop() {
+        let released = window.finish(slot, how);
+        for delivery in &released.acks {
+            if gate.ack(delivery.generation, &delivery.publish) {
+                acked(conn, m);
+            }
+        }
+        for next in released.start {
+            match starts.as_deref_mut() {
+                Some(starts) => starts.push((gate.generation(), next)),
+                None => finished.push((next, Finish::Withhold)),
+            }
+        }
+    }
 }
 
 /// Shared: up to `shared_max_in_flight` dispatches at once, no order. On stop: unsubscribe,
