@@ -11,6 +11,7 @@
 //! - [`node`]: start-up, wiring and shutdown; [`settings`]: flags, env and file.
 
 pub mod api;
+pub mod backoff;
 pub mod config;
 pub mod coordinator;
 pub mod datadir;

@@ -40,7 +40,8 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::guard::{AfterPeerClose, Backoff, TakeoverGuard};
+use super::guard::{AfterPeerClose, TakeoverGuard};
+use crate::backoff::Backoff;
 use super::message_id::{generated_message_id, payload_message_id};
 use super::plan::{validate_topic_name, ConnSpec, SubscriptionMode};
 use super::settings::IngressSettings;
