@@ -260,6 +260,11 @@ with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/ready", timeout=5) 
     assert r.status == 200, r.status
 EOF
 pass "/ready answers 200 on the published port 127.0.0.1:$ROUTEMQ_HTTP_PORT"
+# The Grafana dashboard (deploy/grafana) queries only metrics the node exports; the ones this
+# node has not recorded yet are listed.
+python3 "$(dirname "$0")/grafana/check.py" --metrics-url "http://127.0.0.1:$ROUTEMQ_HTTP_PORT/metrics" \
+    || die "the Grafana dashboard queries metrics the node does not export"
+pass "Grafana dashboard: every queried metric is exported"
 # The broker: a retained message published through the service name, read back by a subscriber.
 broker=$(container mosquitto)
 docker exec "$broker" mosquitto_pub -h mosquitto -t routemq-check/ping -m hello -q 1 -r

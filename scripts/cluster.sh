@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Starts a local 3-node RouteMQ cluster on loopback and shows it working.
+# Starts a local 3-node RouteMQ cluster behind a real Mosquitto broker on loopback and shows
+# it doing its job: MQTT messages of an ordered journal route go through the cluster to their
+# key's owner and are read back from the journals.
 #
-#   ./scripts/cluster.sh          start, show status, keep running until Ctrl-C
-#   ./scripts/cluster.sh --exit   start, show status, stop (a smoke check)
+#   ./scripts/cluster.sh          start, show it working, keep running until Ctrl-C
+#   ./scripts/cluster.sh --exit   start, show it working, stop (a smoke check)
 #
 # Node i (1..3) listens on gRPC 127.0.0.1:700i, gossip 127.0.0.1:710i (UDP), HTTP
-# 127.0.0.1:720i; data and logs go to data/local-cluster/ (wiped at every start).
+# 127.0.0.1:720i; Mosquitto on 127.0.0.1:18830 (MQTT_PORT to change it); data and logs go to
+# data/local-cluster/ (wiped at every start).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
@@ -14,11 +17,15 @@ exit_after=0
 [ "${1:-}" = "--exit" ] && exit_after=1
 
 ensure_build_deps
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_install mosquitto
+command -v mosquitto_pub >/dev/null 2>&1 || apt_install mosquitto-clients
+MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
+MQTT_PORT="${MQTT_PORT:-18830}"
 build_all
 ROUTEMQ="$ROUTEMQ_BIN_DIR/routemq"
 CTL="$ROUTEMQ_BIN_DIR/routemq-ctl"
 
-for port in 7001 7002 7003 7201 7202 7203; do
+for port in 7001 7002 7003 7201 7202 7203 "$MQTT_PORT"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         die "port $port is in use (another local cluster still running?)"
     fi
@@ -42,9 +49,27 @@ start_node() {
     local i=$1; shift
     "$ROUTEMQ" start --node-id "n$i" \
         --grpc "127.0.0.1:700$i" --gossip "127.0.0.1:710$i" --http "127.0.0.1:720$i" \
+        --mqtt "127.0.0.1:$MQTT_PORT" \
         --data-dir "$dir/n$i" "$@" >"$dir/n$i.log" 2>&1 &
     pids+=($!)
 }
+
+say "starting Mosquitto on 127.0.0.1:$MQTT_PORT"
+mkdir -p "$dir/mosquitto"
+cat >"$dir/mosquitto/mosquitto.conf" <<CONF
+listener $MQTT_PORT 127.0.0.1
+allow_anonymous true
+persistence true
+persistence_location $PWD/$dir/mosquitto/
+max_queued_messages 100000
+CONF
+"$MOSQUITTO" -c "$dir/mosquitto/mosquitto.conf" >"$dir/mosquitto.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$MQTT_PORT") 2>/dev/null && break
+    sleep 0.1
+done
+(exec 3<>"/dev/tcp/127.0.0.1/$MQTT_PORT") 2>/dev/null || { cat "$dir/mosquitto.log" >&2; die "Mosquitto did not start"; }
 
 say "starting n1 (bootstraps a new cluster)"
 start_node 1 --bootstrap
@@ -84,6 +109,44 @@ for i in 1 2 3; do
 done
 say "health and metrics: curl http://127.0.0.1:7201/ready ; curl http://127.0.0.1:7201/metrics"
 curl -fs http://127.0.0.1:7201/ready; echo
+
+# The main job: devices publish over MQTT; each device's messages go, in order, to the node
+# that owns its key, whichever node the broker delivered them to.
+route_cmd=("$CTL" --addr 127.0.0.1:7001 routes add telemetry --pattern 'sensors/{device_id}/data'
+    --key-param device_id --qos 1 --mode ordered --handler journal --message-id-field /id)
+say "${route_cmd[*]}"
+"${route_cmd[@]}"
+# The route's ordered ingress is held by one node (the owner of its `$ingress/telemetry`
+# partition); /ready shows its MQTT connection once it subscribed.
+held_by=""
+until [ -n "$held_by" ]; do
+    for i in 1 2 3; do
+        if curl -fs "http://127.0.0.1:720$i/ready" 2>/dev/null \
+            | grep -q '"route":"telemetry"[^}]*"subscribed":true'; then
+            held_by="n$i"
+        fi
+    done
+    [ $(( $(date +%s) - started )) -lt 90 ] || { tail -n 30 "$dir"/n*.log >&2; die "no node subscribed to the route"; }
+    sleep 0.2
+done
+say "the route's MQTT ingress is held by $held_by"
+say "mosquitto_pub: 5 messages each from device-42 and device-7 (QoS 1)"
+for n in 1 2 3 4 5; do
+    for device in device-42 device-7; do
+        mosquitto_pub -h 127.0.0.1 -p "$MQTT_PORT" -q 1 -i "quickstart-$device" \
+            -t "sensors/$device/data" -m "{\"id\":\"$device-$n\",\"temp\":$((20 + n))}"
+    done
+done
+for device in device-42 device-7; do
+    want=5
+    until [ "$("$CTL" --addr 127.0.0.1:7002 --json journal "$device" --route telemetry 2>/dev/null | grep -o '"offset"' | wc -l)" -ge "$want" ]; do
+        [ $(( $(date +%s) - started )) -lt 120 ] || { tail -n 30 "$dir"/n*.log >&2; die "the messages of $device did not reach its journal"; }
+        sleep 0.2
+    done
+    say "routemq-ctl locate $device ; routemq-ctl journal $device --route telemetry (asked of n2)"
+    "$CTL" --addr 127.0.0.1:7002 locate "$device"
+    "$CTL" --addr 127.0.0.1:7002 journal "$device" --route telemetry
+done
 
 if [ "$exit_after" = 1 ]; then
     exit 0

@@ -2,6 +2,8 @@
 //! caught up, lease valid, and the MQTT ingress able to reach the broker; 503 with the reason
 //! otherwise) and `/metrics` (Prometheus text format).
 
+use std::future::IntoFuture;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -52,14 +54,26 @@ pub async fn serve(
         readiness,
         prometheus,
     };
+    let upkeep_handle = state.prometheus.clone();
     let app = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    // The recorder's upkeep runs here, owned by the HTTP task and stopped with it.
+    let upkeep = async {
+        let Some(handle) = upkeep_handle else { return };
+        let mut every = tokio::time::interval(crate::metrics::UPKEEP_EVERY);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = every.tick() => handle.run_upkeep(),
+            }
+        }
+    };
+    let (served, ()) = tokio::join!(server.into_future(), upkeep);
+    served
 }
 
 async fn health(State(state): State<HttpState>) -> impl IntoResponse {

@@ -1,12 +1,16 @@
 //! Prometheus metrics: names, descriptions, and the process-wide recorder.
 //!
 //! Every metric is prefixed `routemq_`. Gauges describing cluster state are set by the node's
-//! status loop ([`record_cluster_gauges`]); the HTTP server renders them at `/metrics`.
+//! status loop ([`record_cluster_gauges`]); the HTTP server renders them at `/metrics` and runs
+//! the recorder's upkeep ([`UPKEEP_EVERY`]), so memory stays bounded without a scraper.
+//! Latencies and batch sizes are real Prometheus histograms with fixed buckets
+//! ([`LATENCY_BUCKETS`], [`BATCH_BUCKETS`]): they aggregate across nodes, unlike quantiles.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics::{describe_gauge, gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Ownership epoch of the config applied on this node.
 pub const CONFIG_EPOCH: &str = "routemq_config_epoch";
@@ -60,13 +64,39 @@ pub const LEASE_VALID: &str = "routemq_lease_valid";
 /// Members the leader failed over (removed as dead).
 pub const FAILOVERS: &str = "routemq_failovers_total";
 
+/// Bucket bounds (seconds) of the latency histograms: 100 us to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0,
+];
+/// Bucket bounds (messages) of the batch-size histograms.
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+/// How often the HTTP server runs the recorder's upkeep (drains histogram samples into their
+/// buckets); without it, samples pile up until the next scrape.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The recorder's settings: histograms with buckets for every histogram the node records.
+fn builder() -> PrometheusBuilder {
+    let with_latency = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FORWARD_BATCH_SIZE.into()), BATCH_BUCKETS));
+    match with_latency {
+        Ok(builder) => builder,
+        // Only an empty bucket list is refused; ours are constants.
+        Err(e) => {
+            tracing::warn!(error = %e, "histogram buckets refused; rendering summaries");
+            PrometheusBuilder::new()
+        }
+    }
+}
 
 /// Installs the Prometheus recorder once per process and returns its handle (None if another
 /// recorder was installed first, e.g. by an embedding application).
 pub fn install() -> Option<PrometheusHandle> {
     HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+        .get_or_init(|| match builder().install_recorder() {
             Ok(handle) => {
                 describe();
                 Some(handle)
@@ -152,4 +182,26 @@ pub fn record_cluster_gauges(g: &ClusterGauges) {
         gauge!(PARTITION_PHASE, "phase" => *phase).set(count as f64);
     }
     gauge!(LEASE_VALID).set(if g.lease_valid { 1.0 } else { 0.0 });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_and_batches_render_as_histograms_with_buckets() {
+        let recorder = builder().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::histogram!(HANDLER_SECONDS, "route" => "r").record(0.003);
+            metrics::histogram!(END_TO_END_SECONDS, "route" => "r").record(0.2);
+            metrics::histogram!(FORWARD_BATCH_SIZE).record(10.0);
+        });
+        handle.run_upkeep();
+        let text = handle.render();
+        assert!(text.contains("routemq_handler_seconds_bucket{route=\"r\",le=\"0.005\"} 1"), "{text}");
+        assert!(text.contains("routemq_end_to_end_seconds_bucket{route=\"r\",le=\"0.1\"} 0"), "{text}");
+        assert!(text.contains("routemq_forward_batch_size_bucket{le=\"16\"} 1"), "{text}");
+        assert!(!text.contains("quantile="), "no summaries left: {text}");
+    }
 }
