@@ -117,12 +117,12 @@ route_cmd=("$CTL" --addr 127.0.0.1:7001 routes add telemetry --pattern 'sensors/
 say "${route_cmd[*]}"
 "${route_cmd[@]}"
 # The route's ordered ingress is held by one node (the owner of its `$ingress/telemetry`
-# partition); /ready shows its MQTT connection once it subscribed.
+# partition); /ready counts its MQTT connection once it is up (it subscribes right after).
 held_by=""
 until [ -n "$held_by" ]; do
     for i in 1 2 3; do
         if curl -fs "http://127.0.0.1:720$i/ready" 2>/dev/null \
-            | grep -q '"route":"telemetry"[^}]*"subscribed":true'; then
+            | grep -q '"mqtt":{"connections":1,"connected":1'; then
             held_by="n$i"
         fi
     done
@@ -130,6 +130,7 @@ until [ -n "$held_by" ]; do
     sleep 0.2
 done
 say "the route's MQTT ingress is held by $held_by"
+sleep 1
 say "mosquitto_pub: 5 messages each from device-42 and device-7 (QoS 1)"
 for n in 1 2 3 4 5; do
     for device in device-42 device-7; do
@@ -154,6 +155,8 @@ fi
 say "the cluster is running; logs in $dir/. Try:"
 echo "    $CTL --addr 127.0.0.1:7001 status"
 echo "    $CTL --addr 127.0.0.1:7002 locate my-device"
+echo "    mosquitto_pub -p $MQTT_PORT -q 1 -t sensors/my-device/data -m '{\"id\":\"m1\",\"temp\":20}'"
+echo "    $CTL --addr 127.0.0.1:7003 journal my-device --route telemetry"
 echo "    kill -9 ${pids[0]}   # kill the first node, then ask status again"
 say "Ctrl-C stops the cluster"
 wait "${pids[@]}" || true

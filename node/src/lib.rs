@@ -20,6 +20,7 @@ pub mod fencing;
 pub mod forward;
 pub mod handler;
 pub mod handoff;
+pub mod hotkeys;
 pub mod http;
 pub mod ingress;
 pub mod journal;

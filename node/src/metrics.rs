@@ -66,11 +66,12 @@ pub const FAILOVERS: &str = "routemq_failovers_total";
 
 /// Bucket bounds (seconds) of the latency histograms: 100 us to 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-    10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 /// Bucket bounds (messages) of the batch-size histograms.
-pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+pub const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
 /// How often the HTTP server runs the recorder's upkeep (drains histogram samples into their
 /// buckets); without it, samples pile up until the next scrape.
 pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -199,9 +200,18 @@ mod tests {
         });
         handle.run_upkeep();
         let text = handle.render();
-        assert!(text.contains("routemq_handler_seconds_bucket{route=\"r\",le=\"0.005\"} 1"), "{text}");
-        assert!(text.contains("routemq_end_to_end_seconds_bucket{route=\"r\",le=\"0.1\"} 0"), "{text}");
-        assert!(text.contains("routemq_forward_batch_size_bucket{le=\"16\"} 1"), "{text}");
+        assert!(
+            text.contains("routemq_handler_seconds_bucket{route=\"r\",le=\"0.005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("routemq_end_to_end_seconds_bucket{route=\"r\",le=\"0.1\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("routemq_forward_batch_size_bucket{le=\"16\"} 1"),
+            "{text}"
+        );
         assert!(!text.contains("quantile="), "no summaries left: {text}");
     }
 }

@@ -1,0 +1,326 @@
+//! Hot keys: which keys of a route take the most messages, from a bounded sketch.
+//!
+//! Each node keeps, per route, a Space-Saving summary (Metwally, Agrawal, El Abbadi 2005) of the
+//! keys it processed: at most `capacity` counters, so memory is bounded whatever the number of
+//! keys. A key that is not counted takes over the counter with the smallest count and inherits
+//! that count as its possible overestimate (`error`). Guarantees, for a stream of `n` messages:
+//! every key with more than `n / capacity` messages is in the summary; a reported count is never
+//! below the true count and at most `error <= n / capacity` above it.
+//!
+//! Summaries of several nodes merge (Agarwal et al., "Mergeable summaries", 2012): counts of a
+//! key add up; a key missing from one summary may have had up to that summary's smallest count
+//! there, which is added to its count and its error. The merged summary keeps the `capacity`
+//! largest. Counting is per window ([`HotKeys::rotate`]): the report covers the last complete
+//! window, so a rate is `count / window`.
+//!
+//! Pure: no clock, no I/O; the caller rotates windows on its timer.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// One key's estimate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyCount {
+    /// The key.
+    pub key: String,
+    /// Messages counted for it (never below the true number).
+    pub count: u64,
+    /// How much of `count` may be overestimate.
+    pub error: u64,
+}
+
+/// A Space-Saving summary of one stream of keys.
+#[derive(Debug, Clone)]
+pub struct SpaceSaving {
+    capacity: usize,
+    /// key -> (count, error)
+    counters: HashMap<String, (u64, u64)>,
+    /// (count, key) ordered, to find the smallest counter in O(log k).
+    by_count: BTreeMap<(u64, String), ()>,
+    total: u64,
+}
+
+impl SpaceSaving {
+    /// A summary of at most `capacity` counters (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            counters: HashMap::new(),
+            by_count: BTreeMap::new(),
+            total: 0,
+        }
+    }
+
+    /// Counts one message of `key`.
+    pub fn observe(&mut self, key: &str) {
+        self.add(key, 1, 0);
+        self.total += 1;
+    }
+
+    fn add(&mut self, key: &str, count: u64, error: u64) {
+        if let Some(&(old, err)) = self.counters.get(key) {
+            self.by_count.remove(&(old, key.to_string()));
+            self.counters.insert(key.to_string(), (old + count, err + error));
+            self.by_count.insert((old + count, key.to_string()), ());
+            return;
+        }
+        if self.counters.len() < self.capacity {
+            self.counters.insert(key.to_string(), (count, error));
+            self.by_count.insert((count, key.to_string()), ());
+            return;
+        }
+        // Full: the smallest counter is given to the new key, its count kept as the error bound.
+        let Some(((min, evicted), ())) = self.by_count.pop_first() else {
+            return;
+        };
+        self.counters.remove(&evicted);
+        self.counters.insert(key.to_string(), (min + count, min + error));
+        self.by_count.insert((min + count, key.to_string()), ());
+    }
+
+    /// Messages counted in all.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The smallest count held (0 while not full): the most a key outside the summary can have.
+    pub fn floor(&self) -> u64 {
+        if self.counters.len() < self.capacity {
+            0
+        } else {
+            self.by_count
+                .first_key_value()
+                .map(|((c, _), ())| *c)
+                .unwrap_or(0)
+        }
+    }
+
+    /// The `n` keys with the highest counts, highest first (ties by key).
+    pub fn top(&self, n: usize) -> Vec<KeyCount> {
+        let mut all: Vec<KeyCount> = self
+            .counters
+            .iter()
+            .map(|(key, &(count, error))| KeyCount {
+                key: key.clone(),
+                count,
+                error,
+            })
+            .collect();
+        all.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
+        all.truncate(n);
+        all
+    }
+
+    /// Merges `other` into this summary (see the module docs); the capacity stays this one's.
+    pub fn merge(&mut self, other: &SpaceSaving) {
+        let (my_floor, their_floor) = (self.floor(), other.floor());
+        let mut merged: HashMap<String, (u64, u64)> = HashMap::new();
+        for (key, &(count, error)) in &self.counters {
+            let (c, e) = other
+                .counters
+                .get(key)
+                .copied()
+                .unwrap_or((their_floor, their_floor));
+            merged.insert(key.clone(), (count + c, error + e));
+        }
+        for (key, &(count, error)) in &other.counters {
+            merged
+                .entry(key.clone())
+                .or_insert((count + my_floor, error + my_floor));
+        }
+        let mut ranked: Vec<(String, (u64, u64))> = merged.into_iter().collect();
+        ranked.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
+        ranked.truncate(self.capacity);
+        self.counters = ranked.into_iter().collect();
+        self.by_count = self
+            .counters
+            .iter()
+            .map(|(k, &(c, _))| ((c, k.clone()), ()))
+            .collect();
+        self.total += other.total;
+    }
+}
+
+/// Per-route summaries over windows: the one being counted and the last complete one.
+#[derive(Debug, Clone)]
+pub struct HotKeys {
+    capacity: usize,
+    counting: HashMap<String, SpaceSaving>,
+    last: HashMap<String, SpaceSaving>,
+    /// Routes kept at most (a bound on memory whatever the number of routes).
+    max_routes: usize,
+}
+
+impl HotKeys {
+    /// Summaries of `capacity` counters per route, for at most `max_routes` routes.
+    pub fn new(capacity: usize, max_routes: usize) -> Self {
+        Self {
+            capacity,
+            counting: HashMap::new(),
+            last: HashMap::new(),
+            max_routes,
+        }
+    }
+
+    /// Counts one message of `key` on `route`. Routes beyond `max_routes` are not counted.
+    pub fn observe(&mut self, route: &str, key: &str) {
+        if let Some(summary) = self.counting.get_mut(route) {
+            summary.observe(key);
+        } else if self.counting.len() < self.max_routes {
+            let mut summary = SpaceSaving::new(self.capacity);
+            summary.observe(key);
+            self.counting.insert(route.to_string(), summary);
+        }
+    }
+
+    /// Ends the current window: it becomes the one reported; a new one starts empty.
+    pub fn rotate(&mut self) {
+        self.last = std::mem::take(&mut self.counting);
+    }
+
+    /// The last complete window's summary of `route` (empty if it took no message).
+    pub fn summary(&self, route: &str) -> SpaceSaving {
+        self.last
+            .get(route)
+            .cloned()
+            .unwrap_or_else(|| SpaceSaving::new(self.capacity))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A seeded xorshift generator: the tests see the same stream every run.
+    struct Rng(u64);
+    impl Rng {
+        fn next_f64(&mut self) -> f64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    /// `n` draws from a Zipf(s) distribution over keys k0..k{keys-1} (k0 the most frequent).
+    fn zipf_stream(keys: usize, s: f64, n: usize, seed: u64) -> Vec<String> {
+        let weights: Vec<f64> = (1..=keys).map(|r| 1.0 / (r as f64).powf(s)).collect();
+        let sum: f64 = weights.iter().sum();
+        let mut cumulative = Vec::with_capacity(keys);
+        let mut acc = 0.0;
+        for w in &weights {
+            acc += w / sum;
+            cumulative.push(acc);
+        }
+        let mut rng = Rng(seed);
+        (0..n)
+            .map(|_| {
+                let u = rng.next_f64();
+                let rank = cumulative.partition_point(|&c| c < u).min(keys - 1);
+                format!("k{rank}")
+            })
+            .collect()
+    }
+
+    fn exact(stream: &[String]) -> HashMap<String, u64> {
+        let mut counts = HashMap::new();
+        for key in stream {
+            *counts.entry(key.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    fn true_top(counts: &HashMap<String, u64>, n: usize) -> Vec<String> {
+        let mut all: Vec<_> = counts.iter().collect();
+        all.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        all.into_iter().take(n).map(|(k, _)| k.clone()).collect()
+    }
+
+    #[test]
+    fn finds_the_top_ten_of_a_zipf_stream_within_the_error_bound() {
+        let n = 200_000;
+        let stream = zipf_stream(10_000, 1.1, n, 42);
+        let counts = exact(&stream);
+        let capacity = 200;
+        let mut sketch = SpaceSaving::new(capacity);
+        for key in &stream {
+            sketch.observe(key);
+        }
+        let top = sketch.top(10);
+        let reported: Vec<String> = top.iter().map(|k| k.key.clone()).collect();
+        assert_eq!(reported, true_top(&counts, 10));
+        let bound = (n / capacity) as u64;
+        for k in &top {
+            let truth = counts[&k.key];
+            assert!(k.count >= truth, "{}: {} below the true {truth}", k.key, k.count);
+            assert!(
+                k.count - truth <= k.error && k.error <= bound,
+                "{k:?}, true {truth}, bound {bound}"
+            );
+        }
+        assert_eq!(sketch.total(), n as u64);
+    }
+
+    #[test]
+    fn memory_is_bounded_by_the_capacity() {
+        let mut sketch = SpaceSaving::new(50);
+        for i in 0..100_000 {
+            sketch.observe(&format!("key-{i}"));
+        }
+        assert_eq!(sketch.counters.len(), 50);
+        assert_eq!(sketch.by_count.len(), 50);
+        let mut hot = HotKeys::new(10, 3);
+        for r in 0..10 {
+            hot.observe(&format!("route-{r}"), "k");
+        }
+        assert_eq!(hot.counting.len(), 3, "routes beyond the bound are not counted");
+    }
+
+    #[test]
+    fn merged_summaries_of_three_nodes_find_the_global_top() {
+        // Three nodes see different slices of one Zipf stream (as owners of different keys
+        // would, plus shared routes spreading any key anywhere).
+        let n = 150_000;
+        let stream = zipf_stream(5_000, 1.2, n, 7);
+        let counts = exact(&stream);
+        let mut nodes: Vec<SpaceSaving> = (0..3).map(|_| SpaceSaving::new(150)).collect();
+        for (i, key) in stream.iter().enumerate() {
+            nodes[i % 3].observe(key);
+        }
+        let mut merged = nodes[0].clone();
+        merged.merge(&nodes[1]);
+        merged.merge(&nodes[2]);
+        let reported: Vec<String> = merged.top(10).into_iter().map(|k| k.key).collect();
+        assert_eq!(reported, true_top(&counts, 10));
+        for k in merged.top(10) {
+            let truth = counts[&k.key];
+            assert!(
+                k.count >= truth && k.count - truth <= k.error,
+                "{k:?}, true {truth}"
+            );
+        }
+        assert_eq!(merged.total(), n as u64);
+    }
+
+    #[test]
+    fn a_window_reports_only_what_it_counted() {
+        let mut hot = HotKeys::new(10, 10);
+        hot.observe("r", "a");
+        hot.observe("r", "a");
+        assert!(
+            hot.summary("r").top(1).is_empty(),
+            "nothing before the first rotation"
+        );
+        hot.rotate();
+        hot.observe("r", "b");
+        assert_eq!(
+            hot.summary("r").top(5),
+            vec![KeyCount {
+                key: "a".into(),
+                count: 2,
+                error: 0
+            }]
+        );
+        hot.rotate();
+        assert_eq!(hot.summary("r").top(5)[0].key, "b");
+    }
+}
