@@ -56,6 +56,21 @@ impl Mark {
         }
     }
 
+    /// `key:producer:seq`: the message id the integration tests' load generator and the
+    /// fault harness give their messages.
+    pub fn id(&self) -> String {
+        format!("{}:{}:{}", self.key, self.producer, self.seq)
+    }
+
+    /// Parses a [`Mark::id`] from the right (the key may hold `:`).
+    pub fn parse_id(id: &str) -> Option<Mark> {
+        let mut parts = id.rsplitn(3, ':');
+        let seq = parts.next()?.parse().ok()?;
+        let producer = parts.next()?.parse().ok()?;
+        let key = parts.next()?;
+        Some(Mark::new(key, producer, seq))
+    }
+
     fn stream(&self) -> (&str, u64) {
         (self.key.as_str(), self.producer)
     }
@@ -445,6 +460,15 @@ mod tests {
 
     fn at(read: usize, index: usize) -> At {
         At { read, index }
+    }
+
+    #[test]
+    fn ids_round_trip_and_parse_from_the_right() {
+        let mark = Mark::new("dev:07", 3, 12);
+        assert_eq!(mark.id(), "dev:07:3:12");
+        assert_eq!(Mark::parse_id(&mark.id()), Some(mark));
+        assert_eq!(Mark::parse_id("k:x:1"), None);
+        assert_eq!(Mark::parse_id("garbage"), None);
     }
 
     #[test]

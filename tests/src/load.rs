@@ -865,11 +865,12 @@ impl Verdict {
 
 /// Parses `key:producer:seq`.
 fn parse_id(id: &str) -> Option<(&str, u32, u64)> {
-    let mut parts = id.rsplitn(3, ':');
-    let seq = parts.next()?.parse().ok()?;
-    let producer = parts.next()?.parse().ok()?;
-    let key = parts.next()?;
-    Some((key, producer, seq))
+    let mark = Mark::parse_id(id)?;
+    Some((
+        &id[..mark.key.len()],
+        u32::try_from(mark.producer).ok()?,
+        mark.seq,
+    ))
 }
 
 /// Checks `report` against `histories`; see the module docs. Lost, reordered and duplicated

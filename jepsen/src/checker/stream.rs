@@ -45,16 +45,12 @@ const MAX_LISTED: usize = 20;
 
 /// The message id of a producer's message: `key:producer:seq`.
 pub fn message_id(key: &str, producer: u64, seq: u64) -> String {
-    format!("{key}:{producer}:{seq}")
+    Mark::new(key, producer, seq).id()
 }
 
 /// Parses a [`message_id`].
 pub fn parse_message_id(id: &str) -> Option<(String, u64, u64)> {
-    let mut parts = id.rsplitn(3, ':');
-    let seq = parts.next()?.parse().ok()?;
-    let producer = parts.next()?.parse().ok()?;
-    let key = parts.next()?.to_string();
-    Some((key, producer, seq))
+    Mark::parse_id(id).map(|m| (m.key, m.producer, m.seq))
 }
 
 /// One journal entry as recorded in the history.
@@ -135,8 +131,8 @@ fn not_run(id: &str, name: &str, ops: &[Op], what: &str) -> CheckResult {
 
 /// A history record as [`journal_check`] sees it (the message from its id).
 fn check_entry(r: &Record) -> Entry {
-    let seen = match parse_message_id(&r.id) {
-        Some((key, producer, seq)) => Seen::Message(Mark::new(key, producer, seq)),
+    let seen = match Mark::parse_id(&r.id) {
+        Some(mark) => Seen::Message(mark),
         None => Seen::Invalid(r.id.clone()),
     };
     Entry {
@@ -214,9 +210,7 @@ pub fn check_order(ops: &[Op]) -> CheckResult {
 
 /// The message of a publish, from its id.
 fn published_mark(p: &Pair) -> Option<Mark> {
-    let id = p.invoke.value.get("id").and_then(Value::as_str)?;
-    let (key, producer, seq) = parse_message_id(id)?;
-    Some(Mark::new(key, producer, seq))
+    Mark::parse_id(p.invoke.value.get("id").and_then(Value::as_str)?)
 }
 
 /// G4: acknowledged messages are present after the final reads; duplicates and unexpected ids
