@@ -1,26 +1,25 @@
 //! An in-memory, single-node stand-in for a RouteMQ node, for the command tests: a routes
 //! table with compare-and-set versions, publish that matches routes (first match wins) and
 //! appends journal-route messages to per-key journals with duplicate suppression by message
-//! id, paged journal reads, and a status naming itself as the only member. Faults can be
+//! id, paged journal reads, and a status naming itself as the only member (the shared
+//! [`FakeCluster`] answering with this node's epoch). Faults can be
 //! injected to check that `bench --verify` notices them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use routemq_client::bench::payload;
-use routemq_client::proto::cluster_server::{Cluster, ClusterServer};
 use routemq_client::proto::messages_server::{Messages, MessagesServer};
 use routemq_client::proto::routes_server::{Routes, RoutesServer};
 use routemq_client::proto::{
-    DeleteRouteRequest, DeleteRouteResponse, GetRouteRequest, GetRouteResponse, JoinRequest, JoinResponse,
-    ListRoutesRequest, ListRoutesResponse, LocateRequest, PartitionsRequest, PublishRequest, PutRouteRequest,
-    ReadJournalRequest, RemoveNodeRequest, StatusRequest,
+    DeleteRouteRequest, DeleteRouteResponse, GetRouteRequest, GetRouteResponse, ListRoutesRequest,
+    ListRoutesResponse, PublishRequest, PutRouteRequest, ReadJournalRequest,
 };
 use routemq_client::spec::{effective_pattern, is_journal, key_of, topic_matches};
 use routemq_client::{
-    ClusterStatus, JournalEntry, LocateResponse, Member, PartitionTable, PublishResponse, PutRouteResponse,
-    ReadJournalResponse, RemoveNodeResponse, Route,
+    ClusterStatus, JournalEntry, Member, PublishResponse, PutRouteResponse, ReadJournalResponse, Route,
 };
+use routemq_testkit::cluster::{self, FakeCluster};
 use tonic::{Request, Response, Status, Streaming};
 
 /// Page size of journal reads without a limit (small, to exercise paging).
@@ -63,8 +62,7 @@ impl Memory {
 
 /// Starts a fake node on 127.0.0.1:0; answers its address.
 pub async fn start(fault: Option<Fault>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
+    let (listener, addr) = cluster::bind().await;
     let memory = Memory {
         addr: addr.clone(),
         state: Arc::new(Mutex::new(State {
@@ -74,69 +72,28 @@ pub async fn start(fault: Option<Fault>) -> String {
         })),
         fault,
     };
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ClusterServer::new(memory.clone()))
-            .add_service(RoutesServer::new(memory.clone()))
-            .add_service(MessagesServer::new(memory))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
-    addr
-}
-
-#[tonic::async_trait]
-impl Cluster for Memory {
-    async fn get_status(&self, request: Request<StatusRequest>) -> Result<Response<ClusterStatus>, Status> {
-        Ok(Response::new(ClusterStatus {
+    let status = {
+        let memory = memory.clone();
+        move || ClusterStatus {
             cluster_id: "c-1".into(),
-            epoch: self.state().epoch,
+            epoch: memory.state().epoch,
             raft_leader: "n1".into(),
             members: vec![Member {
                 node_id: "n1".into(),
-                grpc_addr: self.addr.clone(),
+                grpc_addr: memory.addr.clone(),
                 ..Member::default()
             }],
             answered_by: "n1".into(),
-            consistency: request.into_inner().consistency,
             ..ClusterStatus::default()
-        }))
-    }
-
-    async fn get_partitions(
-        &self,
-        _: Request<PartitionsRequest>,
-    ) -> Result<Response<PartitionTable>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn locate(&self, _: Request<LocateRequest>) -> Result<Response<LocateResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn remove_node(
-        &self,
-        _: Request<RemoveNodeRequest>,
-    ) -> Result<Response<RemoveNodeResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn join(&self, _: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn leave(
-        &self,
-        _: Request<routemq_proto::v1::LeaveRequest>,
-    ) -> Result<Response<routemq_proto::v1::LeaveResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn renew_lease(
-        &self,
-        _: Request<routemq_proto::v1::RenewLeaseRequest>,
-    ) -> Result<Response<routemq_proto::v1::RenewLeaseResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
+        }
+    };
+    let router = tonic::transport::Server::builder()
+        .add_service(FakeCluster::with_status(status).into_server())
+        .add_service(RoutesServer::new(memory.clone()))
+        .add_service(MessagesServer::new(memory));
+    // Served until the test's runtime ends.
+    drop(cluster::serve(listener, router));
+    addr
 }
 
 fn sorted(routes: &BTreeMap<String, Route>) -> Vec<Route> {

@@ -47,8 +47,10 @@
 //! Modules: [`addr`] normalises addresses, [`retry`] decides retries without I/O, `client`
 //! performs calls (`routing` the routes and messages ones), `options` holds
 //! [`ClientOptions`], `error` defines [`ClientError`], [`table`] reads partition tables,
-//! [`spec`] turns route text (command line, routes files) into [`Route`]s, and [`bench`](mod@bench) is
-//! the load tool with its verifier.
+//! [`spec`] turns route text (command line, routes files) into [`Route`]s, [`bench`](mod@bench) is
+//! the load tool with its verifier, and [`journal_check`] is the one rule that judges journals
+//! read back against what was sent (the verifier's, the integration tests' and the fault
+//! harness's).
 
 #![warn(missing_docs)]
 
@@ -56,6 +58,7 @@ pub mod addr;
 pub mod bench;
 mod client;
 mod error;
+pub mod journal_check;
 mod options;
 pub mod retry;
 mod routing;

@@ -433,19 +433,14 @@ fn bench_config(args: &BenchArgs, timeout: std::time::Duration) -> BenchConfig {
 mod tests {
     //! The whole command path (parse, connect, call, render) against a fake node.
 
-    use routemq_client::proto::cluster_server::{Cluster, ClusterServer};
-    use routemq_client::proto::{
-        JoinRequest, JoinResponse, LocateRequest, PartitionsRequest, RemoveNodeRequest, StatusRequest,
-    };
     use routemq_client::{
         ClusterStatus, Liveness, LocateResponse, Member, PartitionTable, RaftRole, RemoveNodeResponse,
     };
+    use routemq_testkit::cluster::{serve_local, FakeCluster};
     use serde_json::Value;
-    use tonic::{Request, Response, Status};
+    use tonic::Status;
 
     use super::*;
-
-    struct Fixed;
 
     fn member(id: &str, role: RaftRole, partitions: u32) -> Member {
         Member {
@@ -464,98 +459,55 @@ mod tests {
         }
     }
 
-    #[tonic::async_trait]
-    impl Cluster for Fixed {
-        async fn get_status(
-            &self,
-            request: Request<StatusRequest>,
-        ) -> Result<Response<ClusterStatus>, Status> {
-            Ok(Response::new(ClusterStatus {
-                cluster_id: "c-1".into(),
-                epoch: 7,
-                raft_term: 2,
-                raft_leader: "n1".into(),
-                commit_index: 10,
-                applied_index: 10,
-                partition_count: 4,
-                vnodes_per_weight: 8,
-                max_voters: 3,
-                // Unreachable member addresses: the test must not depend on them.
-                members: vec![member("n1", RaftRole::Voter, 3), member("n2", RaftRole::Voter, 1)],
-                answered_by: "n1".into(),
-                consistency: request.into_inner().consistency,
-                non_members: vec![],
-            }))
-        }
-
-        async fn get_partitions(
-            &self,
-            _: Request<PartitionsRequest>,
-        ) -> Result<Response<PartitionTable>, Status> {
-            Ok(Response::new(PartitionTable {
-                epoch: 7,
-                partition_count: 4,
-                vnodes_per_weight: 8,
-                nodes: vec!["n1".into(), "n2".into()],
-                owners: vec![0, 0, 1, 0],
-                answered_by: "n1".into(),
-            }))
-        }
-
-        async fn locate(&self, request: Request<LocateRequest>) -> Result<Response<LocateResponse>, Status> {
-            let request = request.into_inner();
+    /// A node with fixed answers.
+    fn fixed() -> FakeCluster {
+        FakeCluster::new(ClusterStatus {
+            cluster_id: "c-1".into(),
+            epoch: 7,
+            raft_term: 2,
+            raft_leader: "n1".into(),
+            commit_index: 10,
+            applied_index: 10,
+            partition_count: 4,
+            vnodes_per_weight: 8,
+            max_voters: 3,
+            // Unreachable member addresses: the test must not depend on them.
+            members: vec![member("n1", RaftRole::Voter, 3), member("n2", RaftRole::Voter, 1)],
+            answered_by: "n1".into(),
+            consistency: 0,
+            non_members: vec![],
+        })
+        .partitions(PartitionTable {
+            epoch: 7,
+            partition_count: 4,
+            vnodes_per_weight: 8,
+            nodes: vec!["n1".into(), "n2".into()],
+            owners: vec![0, 0, 1, 0],
+            answered_by: "n1".into(),
+        })
+        .locate(|request| {
             if request.key == "no-quorum" {
                 return Err(Status::unavailable("config unavailable: no quorum"));
             }
-            Ok(Response::new(LocateResponse {
+            Ok(LocateResponse {
                 key: request.key,
                 partition: 2,
                 owner: "n2".into(),
                 owner_grpc_addr: "n2.local:7001".into(),
                 epoch: 7,
-            }))
-        }
-
-        async fn remove_node(
-            &self,
-            request: Request<RemoveNodeRequest>,
-        ) -> Result<Response<RemoveNodeResponse>, Status> {
-            match request.into_inner().node_id.as_str() {
-                "n2" => Ok(Response::new(RemoveNodeResponse { epoch: 8 })),
-                other => Err(Status::not_found(format!(
-                    "node {other:?} is not a member of the cluster"
-                ))),
-            }
-        }
-
-        async fn join(&self, _: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-
-        async fn leave(
-            &self,
-            _: Request<routemq_proto::v1::LeaveRequest>,
-        ) -> Result<Response<routemq_proto::v1::LeaveResponse>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-
-        async fn renew_lease(
-            &self,
-            _: Request<routemq_proto::v1::RenewLeaseRequest>,
-        ) -> Result<Response<routemq_proto::v1::RenewLeaseResponse>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
+            })
+        })
+        .remove_node(|request| match request.node_id.as_str() {
+            "n2" => Ok(RemoveNodeResponse { epoch: 8 }),
+            other => Err(Status::not_found(format!(
+                "node {other:?} is not a member of the cluster"
+            ))),
+        })
     }
 
     async fn fake_node() -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(ClusterServer::new(Fixed))
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-        );
-        addr
+        let router = tonic::transport::Server::builder().add_service(fixed().into_server());
+        serve_local(router).await.0
     }
 
     async fn ctl(addr: &str, args: &[&str]) -> anyhow::Result<String> {

@@ -1,4 +1,5 @@
-//! In-process tests of [`Client`] against fake `routemq.v1.Cluster` servers on 127.0.0.1:0:
+//! In-process tests of [`Client`] against fake `routemq.v1.Cluster` servers on 127.0.0.1:0
+//! (the shared `routemq_testkit::cluster::FakeCluster`):
 //! leader following, waiting out an election, failover to learned members, timeouts, final
 //! errors and giving up.
 
@@ -6,121 +7,18 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use routemq_proto::v1::cluster_server::{Cluster, ClusterServer};
 use routemq_proto::v1::{
-    ClusterStatus, JoinRequest, JoinResponse, LocateRequest, LocateResponse, Member, PartitionTable,
-    PartitionsRequest, ReadConsistency, RemoveNodeRequest, RemoveNodeResponse, StatusRequest,
+    ClusterStatus, LocateResponse, Member, PartitionTable, ReadConsistency, RemoveNodeResponse,
 };
+use routemq_testkit::cluster::{self, Action, Call, FakeCluster, Served};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tonic::metadata::MetadataValue;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Status};
 
 use crate::{Client, ClientError, ClientOptions};
 
-/// One request as the fake sees it.
-#[derive(Debug, Clone, Copy)]
-struct Call {
-    /// 0 for the first request this server received, 1 for the second...
-    n: u32,
-    consistency: ReadConsistency,
-}
-
-/// What the fake does with a request.
-enum Action {
-    Answer,
-    Fail(Status),
-    Hang,
-}
-
 type Behaviour = Box<dyn Fn(Call) -> Action + Send + Sync>;
-
-struct Fake {
-    name: String,
-    calls: Arc<AtomicU32>,
-    behaviour: Behaviour,
-    members: Vec<Member>,
-    table: PartitionTable,
-}
-
-impl Fake {
-    async fn decide(&self, consistency: i32) -> Result<(), Status> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst);
-        let consistency = ReadConsistency::try_from(consistency).unwrap_or(ReadConsistency::Linearizable);
-        match (self.behaviour)(Call { n, consistency }) {
-            Action::Answer => Ok(()),
-            Action::Fail(status) => Err(status),
-            Action::Hang => {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                Err(Status::internal("woke up"))
-            }
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl Cluster for Fake {
-    async fn get_status(&self, request: Request<StatusRequest>) -> Result<Response<ClusterStatus>, Status> {
-        let consistency = request.into_inner().consistency;
-        self.decide(consistency).await?;
-        Ok(Response::new(ClusterStatus {
-            cluster_id: "c1".into(),
-            epoch: 7,
-            members: self.members.clone(),
-            answered_by: self.name.clone(),
-            consistency,
-            ..ClusterStatus::default()
-        }))
-    }
-
-    async fn get_partitions(
-        &self,
-        request: Request<PartitionsRequest>,
-    ) -> Result<Response<PartitionTable>, Status> {
-        self.decide(request.into_inner().consistency).await?;
-        Ok(Response::new(self.table.clone()))
-    }
-
-    async fn locate(&self, request: Request<LocateRequest>) -> Result<Response<LocateResponse>, Status> {
-        let request = request.into_inner();
-        self.decide(request.consistency).await?;
-        Ok(Response::new(LocateResponse {
-            key: request.key,
-            partition: 3,
-            owner: self.name.clone(),
-            owner_grpc_addr: String::new(),
-            epoch: 7,
-        }))
-    }
-
-    async fn remove_node(
-        &self,
-        _request: Request<RemoveNodeRequest>,
-    ) -> Result<Response<RemoveNodeResponse>, Status> {
-        self.decide(ReadConsistency::Linearizable as i32).await?;
-        Ok(Response::new(RemoveNodeResponse { epoch: 8 }))
-    }
-
-    async fn join(&self, _request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn leave(
-        &self,
-        _: Request<routemq_proto::v1::LeaveRequest>,
-    ) -> Result<Response<routemq_proto::v1::LeaveResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn renew_lease(
-        &self,
-        _: Request<routemq_proto::v1::RenewLeaseRequest>,
-    ) -> Result<Response<routemq_proto::v1::RenewLeaseResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-}
 
 /// A bound but not yet serving address.
 struct Bound {
@@ -129,21 +27,19 @@ struct Bound {
 }
 
 async fn bind() -> Bound {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
+    let (listener, addr) = cluster::bind().await;
     Bound { listener, addr }
 }
 
 /// An address where nothing listens.
 async fn dead_addr() -> String {
-    bind().await.addr
+    cluster::dead_addr().await
 }
 
 struct Running {
     addr: String,
     calls: Arc<AtomicU32>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    served: Served,
 }
 
 impl Running {
@@ -151,17 +47,9 @@ impl Running {
         self.calls.load(Ordering::SeqCst)
     }
 
-    async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+    async fn stop(self) {
         // Graceful shutdown waits for requests in flight; a hanging one is cut short.
-        if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
-            .await
-            .is_err()
-        {
-            self.task.abort();
-        }
+        self.served.stop().await;
     }
 }
 
@@ -169,6 +57,8 @@ fn serve(bound: Bound, name: &str, members: Vec<Member>, behaviour: Behaviour) -
     serve_with_table(bound, name, members, PartitionTable::default(), behaviour)
 }
 
+/// A fake node `name`: a status listing `members`, `table`, any key located here, any node
+/// removed at epoch 8; every request first decided by `behaviour`.
 fn serve_with_table(
     bound: Bound,
     name: &str,
@@ -176,29 +66,32 @@ fn serve_with_table(
     table: PartitionTable,
     behaviour: Behaviour,
 ) -> Running {
-    let calls = Arc::new(AtomicU32::new(0));
-    let fake = Fake {
-        name: name.to_string(),
-        calls: calls.clone(),
-        behaviour,
+    let owner = name.to_string();
+    let fake = FakeCluster::new(ClusterStatus {
+        cluster_id: "c1".into(),
+        epoch: 7,
         members,
-        table,
-    };
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        Server::builder()
-            .add_service(ClusterServer::new(fake))
-            .serve_with_incoming_shutdown(TcpIncoming::from(bound.listener), async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
+        answered_by: name.to_string(),
+        ..ClusterStatus::default()
+    })
+    .partitions(table)
+    .locate(move |request| {
+        Ok(LocateResponse {
+            key: request.key,
+            partition: 3,
+            owner: owner.clone(),
+            owner_grpc_addr: String::new(),
+            epoch: 7,
+        })
+    })
+    .remove_node(|_| Ok(RemoveNodeResponse { epoch: 8 }))
+    .gate(behaviour);
+    let calls = fake.calls();
+    let served = cluster::serve(bound.listener, Server::builder().add_service(fake.into_server()));
     Running {
         addr: bound.addr,
         calls,
-        shutdown: Some(tx),
-        task,
+        served,
     }
 }
 

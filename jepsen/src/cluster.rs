@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use routemq_client::{Client, ClientOptions, ReadConsistency};
+use routemq_testkit::mosquitto::{Mosquitto, MosquittoConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -66,7 +67,7 @@ pub struct Cluster {
     /// The private link to the `routemq` binary the nodes run from (see [`NODE_BIN_NAME`]).
     node_bin: PathBuf,
     nodes: BTreeMap<String, NodeProc>,
-    broker: Option<Child>,
+    broker: Option<Mosquitto>,
 }
 
 /// `GET /path` on `addr`; the HTTP status code, or `None` when there is no answer in time.
@@ -158,48 +159,20 @@ impl Cluster {
     /// Starts the broker in its namespace, configured as `deploy/mosquitto/mosquitto.conf`
     /// (the deployment the project documents): anonymous, persistence on, and
     /// `max_queued_messages 100000`, which RouteMQ's ordered routes need to queue messages
-    /// across a failover (Mosquitto's default of 1000 drops the rest).
+    /// across a failover (Mosquitto's default of 1000 drops the rest). Its config and log go
+    /// to the log directory, its persistence under the data directory.
     pub async fn start_broker(&mut self) -> Result<()> {
-        let conf = self.spec.log_dir.join("mosquitto.conf");
-        let data = self.spec.data_dir.join("mosquitto");
-        std::fs::create_dir_all(&data)?;
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {MQTT_PORT} {}\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
-                 max_queued_messages 100000\nuser root\nlog_dest stdout\nlog_type error\nlog_type warning\n\
-                 log_type notice\nlog_type information\nlog_timestamp_format %Y-%m-%dT%H:%M:%S\n",
-                self.layout.broker_ip(),
-                data.display()
-            ),
-        )?;
-        let mosquitto = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or("mosquitto");
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.spec.log_dir.join("mosquitto.log"))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.layout.ns("mq"), mosquitto, "-c"])
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start mosquitto")?;
-        self.broker = Some(child);
-        let addr = format!("{}:{MQTT_PORT}", self.layout.broker_ip());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if TcpStream::connect(&addr).await.is_ok() {
-                return Ok(());
-            }
-            sleep(Duration::from_millis(100)).await;
-        }
-        bail!("mosquitto did not listen on {addr} within 10 s (see mosquitto.log)")
+        let config = MosquittoConfig::new()
+            .listen(self.layout.broker_ip().to_string(), Some(MQTT_PORT))
+            .max_queued(100_000)
+            .files_in(&self.spec.log_dir)
+            .data_dir(self.spec.data_dir.join("mosquitto"))
+            .netns(self.layout.ns("mq"));
+        let broker = tokio::task::spawn_blocking(move || config.start())
+            .await?
+            .context("cannot start mosquitto (see mosquitto.log)")?;
+        self.broker = Some(broker);
+        Ok(())
     }
 
     /// Starts a node (it must not be running).
@@ -436,8 +409,7 @@ impl Cluster {
             }
         }
         if let Some(mut b) = self.broker.take() {
-            let _ = b.start_kill();
-            let _ = timeout(Duration::from_secs(5), b.wait()).await;
+            b.kill();
         }
     }
 }

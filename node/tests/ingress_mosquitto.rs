@@ -5,21 +5,18 @@
 //! `cargo nextest run --workspace --run-ignored only -E 'test(bench_ordered_route_throughput)' --no-capture`
 //! (knobs: `BENCH_MESSAGES`, `BENCH_SLOW_MESSAGES`, `BENCH_KEYS`, `BENCH_ORDERED_IN_FLIGHT`).
 
-#[path = "support/mosquitto.rs"]
-mod mosquitto;
-
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mosquitto::Mosquitto;
 use routemq_node::ingress::{
     spawn_ingress, IngressHandle, IngressPlan, IngressSettings, IngressStatus, OrderedSubscription,
     SharedSubscription,
 };
 use routemq_node::message::{Accepted, Dispatch, InboundMessage, PublishError};
+use routemq_testkit::mosquitto::{self, Mosquitto};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;

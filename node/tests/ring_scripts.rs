@@ -23,7 +23,6 @@
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::fmt::Write as _;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use goldenscript::{Command, Runner};
@@ -228,25 +227,5 @@ impl Runner for RingRunner {
 #[test]
 fn ring_scripts() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testscripts/ring");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.is_file())
-        .collect();
-    paths.sort();
-    assert!(!paths.is_empty(), "no scripts in {}", dir.display());
-
-    let mut failed = Vec::new();
-    for path in &paths {
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let mut runner = RingRunner::new().unwrap();
-            goldenscript::run(&mut runner, path)
-        }));
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => failed.push(format!("{}: {error}", path.display())),
-            Err(_) => failed.push(format!("{}: output differs (diff above)", path.display())),
-        }
-    }
-    assert!(failed.is_empty(), "failing scripts:\n{}", failed.join("\n"));
+    routemq_testkit::golden::run_dir(&dir, || RingRunner::new().unwrap());
 }

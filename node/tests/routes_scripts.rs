@@ -25,7 +25,6 @@
 
 use std::error::Error;
 use std::fmt::Write as _;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use goldenscript::{Command, Runner};
@@ -239,25 +238,5 @@ impl Runner for RoutesRunner {
 #[test]
 fn routes_scripts() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testscripts/routes");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.is_file())
-        .collect();
-    paths.sort();
-    assert!(!paths.is_empty(), "no scripts in {}", dir.display());
-
-    let mut failed = Vec::new();
-    for path in &paths {
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let mut runner = RoutesRunner::default();
-            goldenscript::run(&mut runner, path)
-        }));
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => failed.push(format!("{}: {error}", path.display())),
-            Err(_) => failed.push(format!("{}: output differs (diff above)", path.display())),
-        }
-    }
-    assert!(failed.is_empty(), "failing scripts:\n{}", failed.join("\n"));
+    routemq_testkit::golden::run_dir(&dir, RoutesRunner::default);
 }

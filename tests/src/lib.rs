@@ -476,57 +476,25 @@ pub fn ordered_journal_route(name: &str, pattern: &str) -> pb::Route {
 /// A real Mosquitto broker on the cluster's subnet (`127.a.b.100:1883`), with persistence so
 /// persistent sessions survive as they would in production. Stopped on drop.
 pub struct Mosquitto {
-    child: Child,
     /// `host:port`.
     pub addr: String,
-    _dir: tempfile::TempDir,
+    _broker: routemq_testkit::mosquitto::Mosquitto,
 }
 
 impl Mosquitto {
     /// Starts Mosquitto for `cluster` and waits until it accepts connections.
     pub async fn start(cluster: &TestCluster) -> Result<Self> {
-        let ip = cluster.ip_for(100);
-        let dir = tempfile::tempdir()?;
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener 1883 {ip}\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
-                 max_queued_messages 100000\nmax_inflight_messages 1000\n",
-                dir.path().display()
-            ),
-        )?;
-        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .context("mosquitto not installed (scripts/test.sh installs it)")?;
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let addr = format!("{ip}:1883");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(&addr).await.is_err() {
-            if Instant::now() > deadline {
-                bail!("mosquitto did not start on {addr}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let config = routemq_testkit::mosquitto::MosquittoConfig::new()
+            .listen(cluster.ip_for(100).to_string(), Some(1883))
+            .max_queued(100_000)
+            .max_inflight(1000);
+        let broker = tokio::task::spawn_blocking(move || config.start())
+            .await?
+            .context("mosquitto did not start (scripts/test.sh installs it)")?;
         Ok(Self {
-            child,
-            addr,
-            _dir: dir,
+            addr: broker.addr().to_string(),
+            _broker: broker,
         })
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

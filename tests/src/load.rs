@@ -12,7 +12,8 @@
 //! producer finish the message it has in flight and returns a [`LoadReport`]; a hard
 //! `max_duration` stops the load even if the test never calls `stop`.
 //!
-//! **Check.** [`verify`] takes the report and the journals of every key: one or several
+//! **Check.** [`verify`] takes the report and the journals of every key (lost, reordered and
+//! duplicated messages by the one rule of `routemq_client::journal_check`): one or several
 //! copies per key (read through the cluster with [`read_journals`], or read from a stopped
 //! node's data directory with [`read_offline_journals`]). It reports:
 //! - *lost*: an acknowledged message found in no copy (G4);
@@ -33,13 +34,16 @@
 //! Non-goals: no timing is asserted here; the tests decide which bound to hold (and print the
 //! figures). The checker never weakens itself to pass: what it cannot judge it reports.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
+use routemq_client::journal_check::{
+    self, At, Entry, Expected, Finding, Mark, Outcome, Processing, Scope, Seen, Sent,
+};
 use routemq_proto::v1 as pb;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -727,9 +731,6 @@ pub struct Allow {
 #[derive(Debug, Clone)]
 struct Event {
     key: String,
-    partition: u32,
-    message_id: String,
-    producer: Option<(u32, u64)>,
     node: String,
     epoch: u64,
     at: i64,
@@ -864,14 +865,17 @@ impl Verdict {
 
 /// Parses `key:producer:seq`.
 fn parse_id(id: &str) -> Option<(&str, u32, u64)> {
-    let mut parts = id.rsplitn(3, ':');
-    let seq = parts.next()?.parse().ok()?;
-    let producer = parts.next()?.parse().ok()?;
-    let key = parts.next()?;
-    Some((key, producer, seq))
+    let mark = Mark::parse_id(id)?;
+    Some((
+        &id[..mark.key.len()],
+        u32::try_from(mark.producer).ok()?,
+        mark.seq,
+    ))
 }
 
-/// Checks `report` against `histories`; see the module docs.
+/// Checks `report` against `histories`; see the module docs. Lost, reordered and duplicated
+/// messages are judged by [`journal_check::check`] (each copy a read of the key's journal,
+/// acknowledged messages the ones known to be sent); offsets, foreign entries and G2 here.
 pub fn verify(report: &LoadReport, histories: &Histories, allow: Allow) -> Verdict {
     let mut verdict = Verdict {
         acked: report.acks.len(),
@@ -881,11 +885,12 @@ pub fn verify(report: &LoadReport, histories: &Histories, allow: Allow) -> Verdi
     };
     let partitions = report.partitions();
     let mut journaled: HashSet<String> = HashSet::new();
+    let mut lost: HashSet<Mark> = HashSet::new();
     let mut by_partition: BTreeMap<u32, Vec<Event>> = BTreeMap::new();
 
     for key in &report.config.keys {
         let copies = histories.keys.get(key).map(Vec::as_slice).unwrap_or(&[]);
-        // Each copy in offset order: offsets, foreign entries, duplicates and order within it.
+        // Each copy in offset order: offsets and foreign entries.
         for copy in copies {
             let expected_start = if allow.offset_gaps {
                 copy.entries.first().map(|e| e.offset).unwrap_or(0)
@@ -914,47 +919,78 @@ pub fn verify(report: &LoadReport, histories: &Histories, allow: Allow) -> Verdi
                     ));
                 }
             }
-            let events: Vec<Event> = copy.entries.iter().map(|e| event(key, e)).collect();
-            check_order(
-                &format!("{key} in {}", copy.source),
-                &events,
-                &mut verdict,
-                true,
-                false,
-            );
         }
-        // The union of the copies: one event per (message, node, epoch, time), in processing
-        // time order (ties: node, then offset, which is the node's own order).
-        let mut union: Vec<Event> = Vec::new();
-        let mut seen: BTreeSet<(String, String, u64, i64)> = BTreeSet::new();
-        for copy in copies {
-            for entry in &copy.entries {
-                let id = (
-                    entry.message_id.clone(),
-                    entry.processed_by.clone(),
-                    entry.epoch,
-                    entry.processed_at_unix_ms,
-                );
-                if seen.insert(id) {
-                    union.push(event(key, entry));
-                }
-            }
-        }
-        union.sort_by(|a, b| (a.at, &a.node, a.offset).cmp(&(b.at, &b.node, b.offset)));
-        // Duplicates are counted on the union, where a handed-off copy of an entry is the same
-        // event; order is judged there only when there are several copies (else the copy's own
-        // offset order, checked above, is the journal order).
-        let what = if copies.len() > 1 {
+        let sent: Vec<Sent> = report
+            .acks
+            .iter()
+            .filter(|a| &a.key == key)
+            .map(|a| Sent {
+                mark: Mark::new(a.key.clone(), u64::from(a.producer), a.seq),
+                outcome: Outcome::Acked,
+            })
+            .collect();
+        let reads: Vec<Vec<Entry>> = copies
+            .iter()
+            .map(|copy| copy.entries.iter().map(|e| check_entry(key, e)).collect())
+            .collect();
+        let checked = journal_check::check(Expected::AtLeast(&sent), &reads);
+        let entry = |at: At| &copies[at.read].entries[at.index];
+        // Duplicates are counted on the union of the copies, where a handed-off copy of an
+        // entry is the same entry; order in each copy, and in the union with several copies.
+        let union = if copies.len() > 1 {
             format!("{key} (union of {} copies)", copies.len())
         } else {
             key.clone()
         };
-        check_order(&what, &union, &mut verdict, copies.len() > 1, true);
-        for e in &union {
-            journaled.insert(e.message_id.clone());
+        for finding in checked.findings {
+            match finding {
+                Finding::Reordered { at, after, scope } => {
+                    let what = match scope {
+                        Scope::Read => format!("{key} in {}", copies[at.read].source),
+                        Scope::Union => union.clone(),
+                    };
+                    let (e, mark) = (entry(at), journal_check::mark_at(&reads, at));
+                    let prev = journal_check::mark_at(&reads, after).map_or(0, |m| m.seq);
+                    verdict.reordered.push(format!(
+                        "{what}: producer {} seq {} (offset {}, {}@{}, t={}) after seq {prev}",
+                        mark.map_or(0, |m| m.producer),
+                        mark.map_or(0, |m| m.seq),
+                        e.offset,
+                        e.processed_by,
+                        e.epoch,
+                        e.processed_at_unix_ms
+                    ));
+                }
+                Finding::Duplicate { at, first, .. } => {
+                    let (e, earlier) = (entry(at), entry(first));
+                    let text = format!(
+                        "{union}: {} at offset {} by {}@{} (first at offset {} by {}@{})",
+                        e.message_id,
+                        e.offset,
+                        e.processed_by,
+                        e.epoch,
+                        earlier.offset,
+                        earlier.processed_by,
+                        earlier.epoch
+                    );
+                    if earlier.processed_by == e.processed_by && earlier.epoch == e.epoch {
+                        verdict.duplicates_same_owner.push(text);
+                    } else {
+                        verdict.duplicates_across_owners.push(text);
+                    }
+                }
+                Finding::Lost { mark } => {
+                    lost.insert(mark);
+                }
+                // Foreign entries are judged above; copies from different places may hold
+                // different messages at one offset (a journal that died with its node).
+                Finding::Invalid { .. } | Finding::Unexpected { .. } | Finding::OffsetConflict { .. } => {}
+            }
         }
-        for e in union {
-            by_partition.entry(e.partition).or_default().push(e);
+        for &at in &checked.union {
+            let e = entry(at);
+            journaled.insert(e.message_id.clone());
+            by_partition.entry(e.partition).or_default().push(event(key, e));
         }
     }
 
@@ -962,7 +998,7 @@ pub fn verify(report: &LoadReport, histories: &Histories, allow: Allow) -> Verdi
     let acked: BTreeSet<&str> = report.acks.iter().map(|a| a.message_id.as_str()).collect();
     verdict.unacked_journaled = journaled.iter().filter(|id| !acked.contains(id.as_str())).count();
     for ack in &report.acks {
-        if !journaled.contains(&ack.message_id) {
+        if lost.contains(&Mark::new(ack.key.clone(), u64::from(ack.producer), ack.seq)) {
             verdict.lost.push(format!(
                 "{} (acked by {} via {} at epoch {}, +{:.3} s)",
                 ack.message_id,
@@ -999,52 +1035,30 @@ pub fn verify(report: &LoadReport, histories: &Histories, allow: Allow) -> Verdi
     verdict
 }
 
+/// A journal entry as [`journal_check`] sees it: a message of this load's key, or foreign.
+fn check_entry(key: &str, entry: &pb::JournalEntry) -> Entry {
+    let seen = match parse_id(&entry.message_id) {
+        Some((k, producer, seq)) if k == key => Seen::Message(Mark::new(k, u64::from(producer), seq)),
+        _ => Seen::Foreign,
+    };
+    Entry {
+        offset: entry.offset,
+        seen,
+        processing: Processing {
+            node: entry.processed_by.clone(),
+            epoch: entry.epoch,
+            at_ms: entry.processed_at_unix_ms,
+        },
+    }
+}
+
 fn event(key: &str, entry: &pb::JournalEntry) -> Event {
     Event {
         key: key.to_string(),
-        partition: entry.partition,
-        message_id: entry.message_id.clone(),
-        producer: parse_id(&entry.message_id).map(|(_, p, s)| (p, s)),
         node: entry.processed_by.clone(),
         epoch: entry.epoch,
         at: entry.processed_at_unix_ms,
         offset: entry.offset,
-    }
-}
-
-/// Per producer, sequence numbers strictly increase over first occurrences (`order`); a
-/// repeated id is a duplicate, classified against its first occurrence (`duplicates`).
-fn check_order(what: &str, events: &[Event], verdict: &mut Verdict, order: bool, duplicates: bool) {
-    let mut last: HashMap<u32, u64> = HashMap::new();
-    let mut first: HashMap<&str, &Event> = HashMap::new();
-    for e in events {
-        let Some((producer, seq)) = e.producer else {
-            continue;
-        };
-        if let Some(earlier) = first.get(e.message_id.as_str()) {
-            if duplicates {
-                let text = format!(
-                    "{what}: {} at offset {} by {}@{} (first at offset {} by {}@{})",
-                    e.message_id, e.offset, e.node, e.epoch, earlier.offset, earlier.node, earlier.epoch
-                );
-                if earlier.node == e.node && earlier.epoch == e.epoch {
-                    verdict.duplicates_same_owner.push(text);
-                } else {
-                    verdict.duplicates_across_owners.push(text);
-                }
-            }
-            continue;
-        }
-        first.insert(&e.message_id, e);
-        match last.get(&producer) {
-            Some(&prev) if seq <= prev && order => verdict.reordered.push(format!(
-                "{what}: producer {producer} seq {seq} (offset {}, {}@{}, t={}) after seq {prev}",
-                e.offset, e.node, e.epoch, e.at
-            )),
-            _ => {
-                last.insert(producer, seq);
-            }
-        }
     }
 }
 

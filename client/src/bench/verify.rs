@@ -1,7 +1,7 @@
 //! The verifier: compares what a bench run sent with what reached the journals.
 //!
 //! Per journal key, given the messages sent to it (acknowledged or not) and the key's journal
-//! entries in offset order, [`check_key`] counts:
+//! entries in offset order, [`check_key`] counts (by the one rule of [`crate::journal_check`]):
 //! - **lost**: acknowledged but absent;
 //! - **duplicates**: entries beyond the first of one message (the journal should suppress them
 //!   by message id);
@@ -17,13 +17,13 @@
 //! [`summarize`] adds the keys up into a verdict: `fail` on any lost, duplicate or unexpected
 //! entry, or any reordered one when order is checked (ordered routes); `pass` otherwise.
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use routemq_proto::v1::JournalEntry;
 use serde::Serialize;
 
 use super::payload::{decode, parse_message_id, Header};
+use crate::journal_check::{self, At, Entry, Expected, Finding, Mark, Outcome, Processing, Seen};
 
 /// Most problem descriptions kept per key.
 pub const MAX_EXAMPLES: usize = 10;
@@ -86,7 +86,8 @@ impl KeyCheck {
 
 /// Checks one journal key: `sent` are the messages sent to it, `entries` its journal in
 /// offset order. Entries are identified by their payload header ([`decode`]); a bench-form
-/// message id that disagrees with the header makes the entry unexpected.
+/// message id that disagrees with the header makes the entry unexpected. The rule is
+/// [`journal_check::check`] with the sent messages known exactly.
 pub fn check_key(run_id: &str, key: &str, sent: &[Sent], entries: &[JournalEntry]) -> KeyCheck {
     let mut check = KeyCheck {
         key: key.to_string(),
@@ -94,89 +95,109 @@ pub fn check_key(run_id: &str, key: &str, sent: &[Sent], entries: &[JournalEntry
         acked: sent.iter().filter(|s| s.acked).count() as u64,
         ..KeyCheck::default()
     };
-    let expected: HashMap<&Header, bool> = sent.iter().map(|s| (&s.header, s.acked)).collect();
-    let run_prefix = format!("{run_id}-");
-    let mut seen: HashSet<Header> = HashSet::new();
-    // Highest sequence number seen per (bench key, producer).
-    let mut highest: HashMap<(String, u32), u64> = HashMap::new();
-
-    for entry in entries {
-        let id_says = parse_message_id(run_id, &entry.message_id);
-        let header = match decode(&entry.payload) {
-            Some(header) if header.key.starts_with(&run_prefix) => header,
-            _ if id_says.is_some() => {
-                check.entries += 1;
-                check.unexpected += 1;
-                check.example(format!(
-                    "unexpected: offset {} (id {}) has no bench payload of this run",
-                    entry.offset, entry.message_id
-                ));
-                continue;
-            }
-            _ => {
-                check.foreign += 1;
-                continue;
-            }
-        };
-        check.entries += 1;
-        if let Some((producer, seq)) = id_says {
-            if (producer, seq) != (header.producer, header.seq) {
-                check.unexpected += 1;
-                check.example(format!(
-                    "unexpected: offset {} has id {} but payload producer {} seq {}",
-                    entry.offset, entry.message_id, header.producer, header.seq
-                ));
-                continue;
-            }
+    let expected: Vec<journal_check::Sent> = sent
+        .iter()
+        .map(|s| journal_check::Sent {
+            mark: mark(&s.header),
+            outcome: if s.acked { Outcome::Acked } else { Outcome::Unknown },
+        })
+        .collect();
+    let reads = [entries.iter().map(|e| identify(run_id, e)).collect::<Vec<_>>()];
+    let report = journal_check::check(Expected::Exactly(&expected), &reads);
+    check.entries = report.entries;
+    check.foreign = report.foreign;
+    for (_, outcome) in &report.present {
+        match outcome {
+            Outcome::Acked => check.present += 1,
+            _ => check.unacked_present += 1,
         }
-        if !expected.contains_key(&header) {
-            check.unexpected += 1;
-            check.example(format!(
-                "unexpected: offset {}: key {} producer {} seq {} was not sent to this key",
-                entry.offset, header.key, header.producer, header.seq
-            ));
-            continue;
-        }
-        if seen.contains(&header) {
-            check.duplicates += 1;
-            check.example(format!(
-                "duplicate: producer {} seq {} again at offset {}",
-                header.producer, header.seq, entry.offset
-            ));
-            continue;
-        }
-        let stream = (header.key.clone(), header.producer);
-        match highest.get(&stream) {
-            Some(&max) if header.seq < max => {
-                check.reordered += 1;
-                check.example(format!(
-                    "reordered: producer {} seq {} at offset {} after seq {}",
-                    header.producer, header.seq, entry.offset, max
-                ));
-            }
-            _ => {
-                highest.insert(stream, header.seq);
-            }
-        }
-        seen.insert(header);
     }
-
-    for s in sent {
-        match (s.acked, seen.contains(&s.header)) {
-            (true, true) => check.present += 1,
-            (true, false) => {
-                check.lost += 1;
-                let text = format!(
-                    "lost: producer {} seq {} (acknowledged)",
-                    s.header.producer, s.header.seq
-                );
-                check.example(text);
+    let offset = |at: At| journal_check::entry(&reads, at).offset;
+    let mark_at = |at: At| journal_check::mark_at(&reads, at).cloned().unwrap_or_default();
+    for finding in report.findings {
+        let text = match finding {
+            Finding::Invalid { reason, .. } => {
+                check.unexpected += 1;
+                reason
             }
-            (false, true) => check.unacked_present += 1,
-            (false, false) => {}
-        }
+            Finding::Unexpected { at } => {
+                check.unexpected += 1;
+                let m = mark_at(at);
+                format!(
+                    "unexpected: offset {}: key {} producer {} seq {} was not sent to this key",
+                    offset(at),
+                    m.key,
+                    m.producer,
+                    m.seq
+                )
+            }
+            Finding::Duplicate { at, .. } => {
+                check.duplicates += 1;
+                let m = mark_at(at);
+                format!(
+                    "duplicate: producer {} seq {} again at offset {}",
+                    m.producer,
+                    m.seq,
+                    offset(at)
+                )
+            }
+            Finding::Reordered { at, after, .. } => {
+                check.reordered += 1;
+                let m = mark_at(at);
+                format!(
+                    "reordered: producer {} seq {} at offset {} after seq {}",
+                    m.producer,
+                    m.seq,
+                    offset(at),
+                    mark_at(after).seq
+                )
+            }
+            Finding::Lost { mark } => {
+                check.lost += 1;
+                format!("lost: producer {} seq {} (acknowledged)", mark.producer, mark.seq)
+            }
+            // One read: offsets cannot disagree.
+            Finding::OffsetConflict { .. } => continue,
+        };
+        check.example(text);
     }
     check
+}
+
+fn mark(header: &Header) -> Mark {
+    Mark::new(header.key.clone(), u64::from(header.producer), header.seq)
+}
+
+/// What a journal entry is to this run: a bench message (by its payload header), a broken
+/// one (this run's id without a matching payload), or someone else's.
+fn identify(run_id: &str, entry: &JournalEntry) -> Entry {
+    let id_says = parse_message_id(run_id, &entry.message_id);
+    let run_prefix = format!("{run_id}-");
+    let seen = match decode(&entry.payload) {
+        Some(header) if header.key.starts_with(&run_prefix) => match id_says {
+            Some((producer, seq)) if (producer, seq) != (header.producer, header.seq) => {
+                Seen::Invalid(format!(
+                    "unexpected: offset {} has id {} but payload producer {} seq {}",
+                    entry.offset, entry.message_id, header.producer, header.seq
+                ))
+            }
+            _ => Seen::Message(mark(&header)),
+        },
+        _ if id_says.is_some() => Seen::Invalid(format!(
+            "unexpected: offset {} (id {}) has no bench payload of this run",
+            entry.offset, entry.message_id
+        )),
+        _ => Seen::Foreign,
+    };
+    Entry {
+        offset: entry.offset,
+        seen,
+        processing: Processing {
+            node: entry.processed_by.clone(),
+            epoch: entry.epoch,
+            at_ms: entry.processed_at_unix_ms,
+        },
+    }
 }
 
 /// The verdict of a run.

@@ -11,7 +11,7 @@
 //! - nemesis completions carry `extra.state = {"grudge": {node: [nodes it drops]}, "down":
 //!   [nodes killed, paused or removed]}`: the fault state from then on.
 //!
-//! Checks:
+//! Checks (G3 and G4 judge journals by the one rule of `routemq_client::journal_check`):
 //! - G3 ([`check_order`]): in every journal read, per (key, producer) the sequence numbers are
 //!   strictly increasing in offset order.
 //! - G4 ([`check_delivery`]): after the final reads, every `ok` publish is present (else
@@ -30,8 +30,11 @@
 //!   client happened to try again, is reported but not judged). A window longer than the
 //!   failover bound is a violation.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use routemq_client::journal_check::{
+    self, At, Entry, Expected, Finding, Mark, Outcome, Processing, Seen, Sent,
+};
 use serde_json::{json, Value};
 
 use super::{CheckResult, Verdict};
@@ -42,16 +45,12 @@ const MAX_LISTED: usize = 20;
 
 /// The message id of a producer's message: `key:producer:seq`.
 pub fn message_id(key: &str, producer: u64, seq: u64) -> String {
-    format!("{key}:{producer}:{seq}")
+    Mark::new(key, producer, seq).id()
 }
 
 /// Parses a [`message_id`].
 pub fn parse_message_id(id: &str) -> Option<(String, u64, u64)> {
-    let mut parts = id.rsplitn(3, ':');
-    let seq = parts.next()?.parse().ok()?;
-    let producer = parts.next()?.parse().ok()?;
-    let key = parts.next()?.to_string();
-    Some((key, producer, seq))
+    Mark::parse_id(id).map(|m| (m.key, m.producer, m.seq))
 }
 
 /// One journal entry as recorded in the history.
@@ -130,7 +129,26 @@ fn not_run(id: &str, name: &str, ops: &[Op], what: &str) -> CheckResult {
     CheckResult::new(id, name, Verdict::NotRun, why, json!({}))
 }
 
-/// G3: per (key, producer), sequence numbers strictly increase in every journal read.
+/// A history record as [`journal_check`] sees it (the message from its id).
+fn check_entry(r: &Record) -> Entry {
+    let seen = match Mark::parse_id(&r.id) {
+        Some(mark) => Seen::Message(mark),
+        None => Seen::Invalid(r.id.clone()),
+    };
+    Entry {
+        offset: r.offset,
+        seen,
+        processing: Processing {
+            node: r.by.clone(),
+            epoch: r.epoch,
+            at_ms: r.at_ms,
+        },
+    }
+}
+
+/// G3: per (key, producer), sequence numbers strictly increase in every journal read: no
+/// reordering and no repeat ([`journal_check::check`] on each read), except an MQTT
+/// redelivery in place.
 pub fn check_order(ops: &[Op]) -> CheckResult {
     const NAME: &str = "per (key, producer) order in every journal read";
     let reads = journal_reads(ops);
@@ -143,26 +161,33 @@ pub fn check_order(ops: &[Op]) -> CheckResult {
     let mut unparsable = 0usize;
     let mut redeliveries = 0usize;
     for (read, recs) in &reads {
-        let mut last: HashMap<(String, u64), (u64, u64)> = HashMap::new();
-        for r in recs {
-            entries += 1;
-            let Some((key, producer, seq)) = parse_message_id(&r.id) else {
-                unparsable += 1;
-                continue;
+        entries += recs.len();
+        let journal = [recs.iter().map(check_entry).collect::<Vec<_>>()];
+        unparsable += journal[0]
+            .iter()
+            .filter(|e| !matches!(e.seen, Seen::Message(_)))
+            .count();
+        // Nothing is unexpected here: G4 judges what should be in the journal.
+        let report = journal_check::check(Expected::AtLeast(&[]), &journal);
+        let mark = |at: At| journal_check::mark_at(&journal, at).cloned().unwrap_or_default();
+        for finding in report.findings {
+            let (at, after) = match finding {
+                Finding::Reordered { at, after, .. } => (at, after),
+                Finding::Duplicate { at, previous, .. } => {
+                    if mark(previous) == mark(at) && mqtt.contains(&recs[at.index].id) {
+                        redeliveries += 1;
+                        continue;
+                    }
+                    (at, previous)
+                }
+                _ => continue,
             };
-            if let Some(&(prev, prev_offset)) = last.get(&(key.clone(), producer)) {
-                if seq == prev && mqtt.contains(&r.id) {
-                    redeliveries += 1;
-                    continue;
-                }
-                if seq <= prev {
-                    violations.push(json!({
-                        "read_op": read.index, "key": key, "producer": producer,
-                        "seq": seq, "offset": r.offset, "after_seq": prev, "after_offset": prev_offset,
-                    }));
-                }
-            }
-            last.insert((key, producer), (seq, r.offset));
+            let (m, prev) = (mark(at), mark(after));
+            violations.push(json!({
+                "read_op": read.index, "key": m.key, "producer": m.producer,
+                "seq": m.seq, "offset": recs[at.index].offset, "after_seq": prev.seq,
+                "after_offset": recs[after.index].offset,
+            }));
         }
     }
     let count = violations.len();
@@ -183,8 +208,14 @@ pub fn check_order(ops: &[Op]) -> CheckResult {
     )
 }
 
+/// The message of a publish, from its id.
+fn published_mark(p: &Pair) -> Option<Mark> {
+    Mark::parse_id(p.invoke.value.get("id").and_then(Value::as_str)?)
+}
+
 /// G4: acknowledged messages are present after the final reads; duplicates and unexpected ids
-/// are violations; `info` messages found are "recovered".
+/// are violations; `info` messages found are "recovered". Each key's final read is judged by
+/// [`journal_check::check`] against the publishes to that key.
 pub fn check_delivery(ops: &[Op]) -> CheckResult {
     const NAME: &str = "acknowledged messages present after final reads";
     let pubs = publishes(ops);
@@ -204,30 +235,56 @@ pub fn check_delivery(ops: &[Op]) -> CheckResult {
         .filter(|k| !final_reads.contains_key(*k))
         .collect();
 
-    let mut present: HashMap<&str, usize> = HashMap::new();
-    for recs in final_reads.values() {
-        for r in recs {
-            *present.entry(r.id.as_str()).or_default() += 1;
+    let mut sent: HashMap<String, Vec<Sent>> = HashMap::new();
+    for p in &pubs {
+        if let Some(mark) = published_mark(p) {
+            let outcome = match p.outcome() {
+                OpKind::Ok => Outcome::Acked,
+                OpKind::Fail => Outcome::Failed,
+                _ => Outcome::Unknown,
+            };
+            let key = p.invoke.key.clone().unwrap_or_default();
+            sent.entry(key).or_default().push(Sent { mark, outcome });
         }
     }
-    let mut outcome_of: HashMap<String, OpKind> = HashMap::new();
-    for p in &pubs {
-        if let Some(id) = p.invoke.value.get("id").and_then(Value::as_str) {
-            outcome_of.insert(id.to_string(), p.outcome());
+    let mut present: HashSet<Mark> = HashSet::new();
+    let mut lost_marks: HashSet<Mark> = HashSet::new();
+    let mut copies: BTreeMap<String, usize> = BTreeMap::new();
+    let mut unexpected: BTreeSet<String> = BTreeSet::new();
+    for (key, recs) in &final_reads {
+        let journal = [recs.iter().map(check_entry).collect::<Vec<_>>()];
+        let sent = sent.get(key).map(Vec::as_slice).unwrap_or(&[]);
+        let report = journal_check::check(Expected::Exactly(sent), &journal);
+        present.extend(report.present.into_iter().map(|(mark, _)| mark));
+        for finding in report.findings {
+            match finding {
+                Finding::Lost { mark } => {
+                    lost_marks.insert(mark);
+                }
+                Finding::Duplicate { at, .. } => {
+                    *copies.entry(recs[at.index].id.clone()).or_insert(1) += 1;
+                }
+                Finding::Unexpected { at } | Finding::Invalid { at, .. } => {
+                    unexpected.insert(recs[at.index].id.clone());
+                }
+                Finding::Reordered { .. } | Finding::OffsetConflict { .. } => {}
+            }
         }
     }
     let (mut ok, mut info, mut fail) = (0usize, 0usize, 0usize);
     let (mut lost, mut recovered, mut failed_present) = (Vec::new(), 0usize, Vec::new());
     for p in &pubs {
-        let Some(id) = p.invoke.value.get("id").and_then(Value::as_str) else {
+        let (Some(id), Some(mark)) = (
+            p.invoke.value.get("id").and_then(Value::as_str),
+            published_mark(p),
+        ) else {
             continue;
         };
-        let key = p.invoke.key.clone().unwrap_or_default();
-        let seen = present.contains_key(id);
+        let seen = present.contains(&mark);
         match p.outcome() {
             OpKind::Ok => {
                 ok += 1;
-                if !seen && final_reads.contains_key(&key) {
+                if lost_marks.contains(&mark) {
                     lost.push(json!({"id": id, "op": p.invoke.index, "node": p.invoke.node}));
                 }
             }
@@ -246,29 +303,21 @@ pub fn check_delivery(ops: &[Op]) -> CheckResult {
         }
     }
     let mqtt = mqtt_ids(ops);
-    let mqtt_redelivered = present
+    let mqtt_redelivered = copies.keys().filter(|id| mqtt.contains(*id)).count();
+    let mut duplicates: Vec<Value> = copies
         .iter()
-        .filter(|(id, &n)| n > 1 && mqtt.contains(**id))
-        .count();
-    let mut duplicates: Vec<Value> = present
-        .iter()
-        .filter(|(id, &n)| n > 1 && !mqtt.contains(**id))
+        .filter(|(id, _)| !mqtt.contains(*id))
         .map(|(id, n)| json!({"id": id, "copies": n}))
         .collect();
-    duplicates.sort_by_key(|d| d["id"].as_str().map(str::to_string));
-    let mut unexpected: Vec<&str> = present
-        .keys()
-        .copied()
-        .filter(|id| !outcome_of.contains_key(*id))
-        .collect();
-    unexpected.sort();
+    let unexpected: Vec<String> = unexpected.into_iter().collect();
+    let n_present = present.len() + unexpected.len();
 
     let counts = json!({
         "acknowledged": ok, "failed": fail, "unknown_outcome": info,
         "lost": lost.len(), "duplicates": duplicates.len(), "recovered": recovered,
         "failed_but_present": failed_present.len(), "unexpected": unexpected.len(),
         "mqtt_redelivered": mqtt_redelivered,
-        "keys_unread": unread.len(), "present": present.len(),
+        "keys_unread": unread.len(), "present": n_present,
     });
     let violated =
         !lost.is_empty() || !duplicates.is_empty() || !failed_present.is_empty() || !unexpected.is_empty();
@@ -294,7 +343,7 @@ pub fn check_delivery(ops: &[Op]) -> CheckResult {
     lost.truncate(MAX_LISTED);
     duplicates.truncate(MAX_LISTED);
     failed_present.truncate(MAX_LISTED);
-    unexpected.truncate(MAX_LISTED);
+    let unexpected: Vec<&String> = unexpected.iter().take(MAX_LISTED).collect();
     CheckResult::new(
         "G4",
         NAME,
