@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/routemq/v1/cluster.proto",
         "proto/routemq/v1/routing.proto",
         "proto/routemq/v1/handoff.proto",
+        "proto/routemq/v1/stats.proto",
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");

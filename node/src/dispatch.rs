@@ -177,6 +177,7 @@ impl Dispatcher {
             let partition = partition_for_key(&view.state.config.ring, &key);
             let epoch = view.state.config.epoch;
             metrics::counter!(crate::metrics::MESSAGES_RECEIVED, "route" => spec.name.clone()).increment(1);
+            self.ctx.stats.record_received();
             let accepted = |processed_by: String, epoch: u64| Accepted {
                 message_id: message_id.clone(),
                 route: spec.name.clone(),

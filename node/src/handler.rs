@@ -89,6 +89,8 @@ pub struct HandlerContext {
     pub publisher: Arc<dyn Publisher>,
     /// The node's journal.
     pub journal: Journal,
+    /// Live statistics (rates, latency, hot keys) for the console.
+    pub stats: crate::stats::NodeStats,
 }
 
 /// What a handler reports back (for the journal: where the entry went).
@@ -373,6 +375,7 @@ mod tests {
                 node_id: "n1".into(),
                 publisher: Arc::new(NoBroker),
                 journal,
+                stats: Default::default(),
             },
             dir,
         )

@@ -8,9 +8,9 @@
 //! below the true count and at most `error <= n / capacity` above it.
 //!
 //! Summaries of several nodes merge (Agarwal et al., "Mergeable summaries", 2012): counts of a
-//! key add up; a key missing from one summary may have had up to that summary's smallest count
-//! there, which is added to its count and its error. The merged summary keeps the `capacity`
-//! largest. Counting is per window ([`HotKeys::rotate`]): the report covers the last complete
+//! key add up; a key missing from one summary may have had up to that summary's floor (its
+//! smallest count) there, which is added to its count and its error. The merged [`Summary`]
+//! keeps the `capacity` largest, and its floor bounds every key it does not list. Counting is per window ([`HotKeys::rotate`]): the report covers the last complete
 //! window, so a rate is `count / window`.
 //!
 //! Pure: no clock, no I/O; the caller rotates windows on its timer.
@@ -110,33 +110,68 @@ impl SpaceSaving {
         all
     }
 
-    /// Merges `other` into this summary (see the module docs); the capacity stays this one's.
-    pub fn merge(&mut self, other: &SpaceSaving) {
-        let (my_floor, their_floor) = (self.floor(), other.floor());
-        let mut merged: HashMap<String, (u64, u64)> = HashMap::new();
-        for (key, &(count, error)) in &self.counters {
-            let (c, e) = other
-                .counters
-                .get(key)
-                .copied()
-                .unwrap_or((their_floor, their_floor));
-            merged.insert(key.clone(), (count + c, error + e));
+    /// Everything this summary holds, to send to another node or merge.
+    pub fn summary(&self) -> Summary {
+        Summary {
+            keys: self.top(self.capacity),
+            floor: self.floor(),
+            total: self.total,
         }
-        for (key, &(count, error)) in &other.counters {
-            merged
-                .entry(key.clone())
-                .or_insert((count + my_floor, error + my_floor));
+    }
+}
+
+/// A summary as sent between nodes: its counters, its floor (the most a key not listed may
+/// have had there) and the messages it counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Counters, highest first.
+    pub keys: Vec<KeyCount>,
+    /// The most a key not in `keys` may have had.
+    pub floor: u64,
+    /// Messages counted.
+    pub total: u64,
+}
+
+impl Summary {
+    /// Merges two summaries (see the module docs), keeping the `capacity` largest counters.
+    pub fn merge(&self, other: &Summary, capacity: usize) -> Summary {
+        let mine: HashMap<&str, &KeyCount> = self.keys.iter().map(|k| (k.key.as_str(), k)).collect();
+        let theirs: HashMap<&str, &KeyCount> = other.keys.iter().map(|k| (k.key.as_str(), k)).collect();
+        let mut merged: Vec<KeyCount> = Vec::with_capacity(mine.len() + theirs.len());
+        for k in &self.keys {
+            let (count, error) = theirs
+                .get(k.key.as_str())
+                .map(|t| (t.count, t.error))
+                .unwrap_or((other.floor, other.floor));
+            merged.push(KeyCount {
+                key: k.key.clone(),
+                count: k.count + count,
+                error: k.error + error,
+            });
         }
-        let mut ranked: Vec<(String, (u64, u64))> = merged.into_iter().collect();
-        ranked.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
-        ranked.truncate(self.capacity);
-        self.counters = ranked.into_iter().collect();
-        self.by_count = self
-            .counters
-            .iter()
-            .map(|(k, &(c, _))| ((c, k.clone()), ()))
-            .collect();
-        self.total += other.total;
+        for k in &other.keys {
+            if !mine.contains_key(k.key.as_str()) {
+                merged.push(KeyCount {
+                    key: k.key.clone(),
+                    count: k.count + self.floor,
+                    error: k.error + self.floor,
+                });
+            }
+        }
+        merged.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
+        // A key cut here may have had up to the largest count cut: that is the new floor.
+        let cut = merged.get(capacity).map(|k| k.count).unwrap_or(0);
+        merged.truncate(capacity.max(1));
+        Summary {
+            keys: merged,
+            floor: (self.floor + other.floor).max(cut),
+            total: self.total + other.total,
+        }
+    }
+
+    /// The `n` highest counters.
+    pub fn top(&self, n: usize) -> &[KeyCount] {
+        &self.keys[..n.min(self.keys.len())]
     }
 }
 
@@ -286,10 +321,11 @@ mod tests {
         for (i, key) in stream.iter().enumerate() {
             nodes[i % 3].observe(key);
         }
-        let mut merged = nodes[0].clone();
-        merged.merge(&nodes[1]);
-        merged.merge(&nodes[2]);
-        let reported: Vec<String> = merged.top(10).into_iter().map(|k| k.key).collect();
+        let merged = nodes[0]
+            .summary()
+            .merge(&nodes[1].summary(), 150)
+            .merge(&nodes[2].summary(), 150);
+        let reported: Vec<String> = merged.top(10).iter().map(|k| k.key.clone()).collect();
         assert_eq!(reported, true_top(&counts, 10));
         for k in merged.top(10) {
             let truth = counts[&k.key];
@@ -298,7 +334,17 @@ mod tests {
                 "{k:?}, true {truth}"
             );
         }
-        assert_eq!(merged.total(), n as u64);
+        assert_eq!(merged.total, n as u64);
+        // A key not listed had at most the floor.
+        for (key, &truth) in &counts {
+            if !merged.keys.iter().any(|k| &k.key == key) {
+                assert!(
+                    truth <= merged.floor,
+                    "{key}: {truth} above the floor {}",
+                    merged.floor
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The HTTP endpoint: `/health` (the process is alive and serving), `/ready` (joined, config
 //! caught up, lease valid, and the MQTT ingress able to reach the broker; 503 with the reason
-//! otherwise) and `/metrics` (Prometheus text format).
+//! otherwise), `/metrics` (Prometheus text format) and the web console (`/ui`).
 
 use std::future::IntoFuture;
 
@@ -41,12 +41,14 @@ struct HttpState {
     prometheus: Option<PrometheusHandle>,
 }
 
-/// Serves HTTP on `listener` until `shutdown` is cancelled.
+/// Serves HTTP on `listener` until `shutdown` is cancelled; with `console`, also the web
+/// console under `/ui` ([`crate::console`]).
 pub async fn serve(
     listener: TcpListener,
     node_id: String,
     readiness: watch::Receiver<Readiness>,
     prometheus: Option<PrometheusHandle>,
+    console: Option<crate::console::Console>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let state = HttpState {
@@ -55,11 +57,14 @@ pub async fn serve(
         prometheus,
     };
     let upkeep_handle = state.prometheus.clone();
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(state);
+    if let Some(console) = console {
+        app = app.merge(crate::console::router(console));
+    }
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     // The recorder's upkeep runs here, owned by the HTTP task and stopped with it.
     let upkeep = async {

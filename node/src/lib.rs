@@ -13,6 +13,7 @@
 pub mod api;
 pub mod backoff;
 pub mod config;
+pub mod console;
 pub mod coordinator;
 pub mod datadir;
 pub mod dispatch;
@@ -35,3 +36,4 @@ pub mod processor;
 pub mod ring;
 pub mod routes;
 pub mod settings;
+pub mod stats;

@@ -263,10 +263,12 @@ pub async fn run_with(
         None => Arc::new(NoBroker),
     };
     let handler_ctx_journal = journal.clone();
+    let stats = crate::stats::NodeStats::new();
     let handler_ctx = HandlerContext {
         node_id: settings.node_id.clone(),
         publisher,
         journal,
+        stats: stats.clone(),
     };
     let processor = Arc::new(Processor::new(handler_ctx.clone(), fence.clone()));
     let forwarder = Arc::new(Forwarder::new(settings.node_id.clone()));
@@ -386,13 +388,36 @@ pub async fn run_with(
             message: e.to_string(),
         })?;
     let (leave_tx, mut leave_rx) = watch::channel(false);
-    let api = ClusterApi::new(
+    let api = Arc::new(ClusterApi::new(
         settings.node_id.clone(),
         config.clone(),
         membership.clone(),
         coordinator.clone(),
         leave_tx,
-    );
+    ));
+    let routes_api = Arc::new(RoutesApi::new(config.clone()));
+    let messages_api = Arc::new(MessagesApi::new(dispatcher.clone(), config.clone()));
+    let stats_api = Arc::new(crate::api::stats::StatsApi::new(
+        settings.node_id.clone(),
+        stats.clone(),
+        config.clone(),
+    ));
+    let console = crate::console::Console {
+        cluster: api.clone(),
+        routes: routes_api.clone(),
+        messages: messages_api.clone(),
+        stats: stats_api.clone(),
+    };
+    spawned.push((
+        "stats sampler",
+        tasks.spawn({
+            let sampler = crate::stats::spawn_sampler(stats.clone(), cancel.clone());
+            async move {
+                let _ = sampler.await;
+                Ok(())
+            }
+        }),
+    ));
     // Keepalive pings find connections that died silently (packets dropped, peer paused) in
     // seconds rather than at TCP's retransmission timeout. Many streams opened and cancelled
     // behind a healed partition arrive at once; h2's default limit of 20 such streams would
@@ -403,12 +428,10 @@ pub async fn run_with(
         .http2_max_pending_accept_reset_streams(Some(1024))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(ClusterServer::new(api))
-        .add_service(RoutesServer::new(RoutesApi::new(config.clone())))
-        .add_service(
-            MessagesServer::new(MessagesApi::new(dispatcher.clone(), config.clone()))
-                .max_decoding_message_size(16 << 20),
-        )
+        .add_service(ClusterServer::from_arc(api))
+        .add_service(RoutesServer::from_arc(routes_api))
+        .add_service(MessagesServer::from_arc(messages_api).max_decoding_message_size(16 << 20))
+        .add_service(routemq_proto::v1::stats_server::StatsServer::from_arc(stats_api))
         .add_service(
             ForwardServer::new(ForwardService::new(dispatcher.clone(), cancel.clone()))
                 .max_decoding_message_size(64 << 20),
@@ -453,12 +476,19 @@ pub async fn run_with(
         spawned.push((
             "HTTP server",
             tasks.spawn(async move {
-                crate::http::serve(http_listener, node_id, readiness_rx, prometheus, cancel)
-                    .await
-                    .map_err(|e| NodeError::Server {
-                        what: "HTTP",
-                        message: e.to_string(),
-                    })
+                crate::http::serve(
+                    http_listener,
+                    node_id,
+                    readiness_rx,
+                    prometheus,
+                    Some(console),
+                    cancel,
+                )
+                .await
+                .map_err(|e| NodeError::Server {
+                    what: "HTTP",
+                    message: e.to_string(),
+                })
             }),
         ));
     }

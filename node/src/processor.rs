@@ -295,10 +295,13 @@ async fn run_contained(
         }
     };
     let route = message.route.clone();
-    metrics::histogram!(crate::metrics::HANDLER_SECONDS, "route" => route.clone())
-        .record(started.elapsed().as_secs_f64());
+    let took = started.elapsed();
+    metrics::histogram!(crate::metrics::HANDLER_SECONDS, "route" => route.clone()).record(took.as_secs_f64());
     match &result {
-        Ok(_) => metrics::counter!(crate::metrics::MESSAGES_PROCESSED, "route" => route).increment(1),
+        Ok(_) => {
+            metrics::counter!(crate::metrics::MESSAGES_PROCESSED, "route" => route).increment(1);
+            ctx.stats.record_processed(&message.route, &message.key, took);
+        }
         Err(e) => {
             metrics::counter!(crate::metrics::MESSAGES_FAILED, "route" => route).increment(1);
             tracing::warn!(route = %message.route, key = %message.key, message_id = %message.message_id,
@@ -360,6 +363,7 @@ mod tests {
                 node_id: "n1".into(),
                 publisher: Arc::new(NoBroker),
                 journal: journal.clone(),
+                stats: Default::default(),
             },
             Arc::new(OpenGate::default()),
         );

@@ -22,6 +22,7 @@ use crate::message::PublishError;
 
 pub mod messages;
 pub mod routes;
+pub mod stats;
 
 /// Longest key accepted by `Locate`, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
