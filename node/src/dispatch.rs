@@ -32,7 +32,7 @@ use crate::lease::LeaseStatus;
 use crate::message::{Accepted, Dispatch, InboundMessage, PublishError};
 use crate::processor::{ProcessError, Processor, Refused};
 use crate::ring::partition_for_key;
-use crate::routes::{HandlerSpec, RouteMode, RouteSpec};
+use crate::routes::{CompiledRoute, HandlerSpec, RouteMode};
 
 /// How long a message may take to reach its owner (retries included) before `Unavailable`.
 const DISPATCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,14 +95,16 @@ impl Dispatcher {
     }
 
     /// The handler pipeline of a route.
-    fn pipeline(&self, spec: &RouteSpec) -> Result<Pipeline, PublishError> {
+    fn pipeline(&self, route: &CompiledRoute) -> Result<Pipeline, PublishError> {
+        let spec = route.spec();
         let handler: Arc<dyn Handler> = match &spec.handler {
             HandlerSpec::Log => Arc::new(LogHandler),
             HandlerSpec::Journal => Arc::new(JournalHandler),
-            HandlerSpec::Republish { topic_template, qos } => Arc::new(RepublishHandler {
-                topic_template: topic_template.clone(),
-                qos: *qos,
-            }),
+            HandlerSpec::Republish { .. } => {
+                Arc::new(RepublishHandler::of_route(route).ok_or_else(|| {
+                    PublishError::HandlerFailed(format!("route {} has no republish template", spec.name))
+                })?)
+            }
             HandlerSpec::Custom { name } => self.registry.get(name).ok_or_else(|| {
                 PublishError::HandlerFailed(format!(
                     "route {} names custom handler {name:?}, which this node has not registered",
@@ -121,12 +123,12 @@ impl Dispatcher {
     async fn process_local(
         &self,
         message: Message,
-        spec: &RouteSpec,
+        route: &CompiledRoute,
     ) -> Result<crate::handler::Handled, ProcessError> {
         let pipeline = self
-            .pipeline(spec)
+            .pipeline(route)
             .map_err(|e| ProcessError::Handler(crate::handler::HandlerError::Failed(e.to_string())))?;
-        match spec.mode {
+        match route.mode() {
             RouteMode::Ordered => self.processor.process_ordered(message, pipeline).await,
             RouteMode::Shared { worker_count } => self
                 .processor
@@ -212,7 +214,7 @@ impl Dispatcher {
                     message_id: message_id.clone(),
                     epoch,
                 };
-                let retry_reason = match self.process_local(message, &spec).await {
+                let retry_reason = match self.process_local(message, found.route()).await {
                     Ok(_) => {
                         record_latency(&spec.name, started);
                         return Ok(accepted(self.node_id.clone(), epoch));
@@ -485,7 +487,7 @@ impl ForwardTarget for Dispatcher {
         };
         let spec = found.route().spec().clone();
         let params = params_vec(found.params());
-        let pipeline = match self.pipeline(&spec) {
+        let pipeline = match self.pipeline(found.route()) {
             Ok(p) => p,
             Err(e) => {
                 return futures::future::ready(answer(

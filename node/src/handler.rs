@@ -18,6 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::journal::{Journal, JournalRecord};
+use crate::routes::{validate_topic, CompiledRoute, HandlerSpec, Template, TopicError, MAX_TOPIC_LEN};
 
 /// A message being processed.
 #[derive(Debug, Clone)]
@@ -48,6 +49,23 @@ impl Message {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// The journal entry recording this message as processed by `processed_by` now; with
+    /// `error`, a dead letter saying why processing failed. Its offset is assigned by
+    /// [`Journal::append`]. The one place a message becomes a [`JournalRecord`].
+    pub fn journal_record(&self, processed_by: &str, error: Option<&HandlerError>) -> JournalRecord {
+        JournalRecord {
+            offset: 0,
+            message_id: self.message_id.clone(),
+            topic: self.topic.clone(),
+            payload: self.payload.clone(),
+            processed_by: processed_by.to_owned(),
+            epoch: self.epoch,
+            processed_at_unix_ms: now_unix_ms(),
+            partition: self.partition,
+            error: error.map(ToString::to_string).unwrap_or_default(),
+        }
+    }
 }
 
 /// Handler failure.
@@ -61,11 +79,39 @@ pub enum HandlerError {
     Failed(String),
 }
 
+/// Why a message could not be republished.
+#[derive(Debug, thiserror::Error)]
+pub enum RepublishError {
+    /// The node has no MQTT broker to publish to.
+    #[error("cannot republish to {topic:?}: no MQTT broker configured")]
+    NoBroker {
+        /// The target topic.
+        topic: String,
+    },
+    /// The template rendered to a topic that cannot be published (an empty value where it is
+    /// the whole topic, or too long with long values).
+    #[error("cannot republish to {topic:?}: {source}")]
+    InvalidTopic {
+        /// The rendered topic.
+        topic: String,
+        /// What is wrong with it.
+        source: TopicError,
+    },
+    /// The MQTT client refused the publish.
+    #[error("cannot publish to {topic:?}: {source}")]
+    Client {
+        /// The target topic.
+        topic: String,
+        /// The client's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
 /// Publishes MQTT messages (used by `republish`).
 #[async_trait]
 pub trait Publisher: Send + Sync + 'static {
     /// Publishes `payload` to `topic` with `qos`; resolves when the broker accepted it (QoS 1).
-    async fn publish(&self, topic: &str, payload: &[u8], qos: u8) -> Result<(), String>;
+    async fn publish(&self, topic: &str, payload: &[u8], qos: u8) -> Result<(), RepublishError>;
 }
 
 /// A publisher for nodes without a broker: every publish fails with a clear reason.
@@ -73,10 +119,10 @@ pub struct NoBroker;
 
 #[async_trait]
 impl Publisher for NoBroker {
-    async fn publish(&self, topic: &str, _payload: &[u8], _qos: u8) -> Result<(), String> {
-        Err(format!(
-            "cannot republish to {topic:?}: no MQTT broker configured"
-        ))
+    async fn publish(&self, topic: &str, _payload: &[u8], _qos: u8) -> Result<(), RepublishError> {
+        Err(RepublishError::NoBroker {
+            topic: topic.to_owned(),
+        })
     }
 }
 
@@ -184,31 +230,48 @@ impl Handler for LogHandler {
     }
 }
 
-/// Republishes each message to a topic built from a template with `{param}` placeholders.
+/// Republishes each message to the topic its route's template renders to (see [`Template`]).
 pub struct RepublishHandler {
-    /// Topic template.
-    pub topic_template: String,
+    /// Topic template, parsed once when the route was validated
+    /// ([`CompiledRoute::republish_template`](crate::routes::CompiledRoute::republish_template)).
+    pub topic_template: Template,
     /// QoS of the republished message.
     pub qos: u8,
 }
 
-/// Substitutes `{name}` placeholders with parameter values (unknown names are left as is).
-pub fn render_template(template: &str, params: &[(String, String)]) -> String {
-    let mut out = template.to_string();
-    for (name, value) in params {
-        out = out.replace(&format!("{{{name}}}"), value);
+impl RepublishHandler {
+    /// The republish handler of `route`, with the template parsed when the route was
+    /// validated; `None` when `route` is not a republish route.
+    pub fn of_route(route: &CompiledRoute) -> Option<Self> {
+        match (route.handler(), route.republish_template()) {
+            (HandlerSpec::Republish { qos, .. }, Some(template)) => Some(Self {
+                topic_template: template.clone(),
+                qos: *qos,
+            }),
+            _ => None,
+        }
     }
-    out
+
+    /// The topic `message` is republished to: the template rendered with the message's
+    /// parameters, checked with [`validate_topic`].
+    pub fn target_topic(&self, message: &Message) -> Result<String, RepublishError> {
+        let topic = self.topic_template.render_with(|name| message.param(name));
+        match validate_topic(&topic, MAX_TOPIC_LEN) {
+            Ok(()) => Ok(topic),
+            Err(source) => Err(RepublishError::InvalidTopic { topic, source }),
+        }
+    }
 }
 
 #[async_trait]
 impl Handler for RepublishHandler {
     async fn handle(&self, ctx: &HandlerContext, message: &Message) -> Result<Handled, HandlerError> {
-        let topic = render_template(&self.topic_template, &message.params);
+        let failed = |e: RepublishError| HandlerError::Failed(e.to_string());
+        let topic = self.target_topic(message).map_err(failed)?;
         ctx.publisher
             .publish(&topic, &message.payload, self.qos)
             .await
-            .map_err(HandlerError::Failed)?;
+            .map_err(failed)?;
         Ok(Handled::default())
     }
 }
@@ -219,17 +282,7 @@ pub struct JournalHandler;
 #[async_trait]
 impl Handler for JournalHandler {
     async fn handle(&self, ctx: &HandlerContext, message: &Message) -> Result<Handled, HandlerError> {
-        let record = JournalRecord {
-            offset: 0,
-            message_id: message.message_id.clone(),
-            topic: message.topic.clone(),
-            payload: message.payload.clone(),
-            processed_by: ctx.node_id.clone(),
-            epoch: message.epoch,
-            processed_at_unix_ms: now_unix_ms(),
-            partition: message.partition,
-            error: String::new(),
-        };
+        let record = message.journal_record(&ctx.node_id, None);
         let journal = ctx.journal.clone();
         let (route, key) = (message.route.clone(), message.key.clone());
         let appended = tokio::task::spawn_blocking(move || journal.append(&route, &key, record))
@@ -433,18 +486,111 @@ mod tests {
         assert_eq!((again.journal_offset, again.duplicate), (Some(0), true));
     }
 
+    fn republish(template: &str) -> RepublishHandler {
+        RepublishHandler {
+            topic_template: Template::parse(template).unwrap(),
+            qos: 1,
+        }
+    }
+
     #[tokio::test]
     async fn republish_renders_the_template_and_reports_a_missing_broker() {
+        let mut m = message("m1", "k");
+        m.params = vec![("id".into(), "d1".into()), ("kind".into(), "t".into())];
         assert_eq!(
-            render_template("out/{id}/x", &[("id".into(), "d1".into())]),
-            "out/d1/x"
+            republish("out/{id}/x-{kind}").target_topic(&m).unwrap(),
+            "out/d1/x-t"
+        );
+        // A parameter the message lacks (not possible for a validated route) stays visible.
+        assert_eq!(republish("out/{other}").target_topic(&m).unwrap(), "out/{other}");
+        // Values are inserted as they are, never read as placeholders themselves.
+        m.params = vec![("id".into(), "{kind}".into()), ("kind".into(), "t".into())];
+        assert_eq!(
+            republish("out/{id}/{kind}").target_topic(&m).unwrap(),
+            "out/{kind}/t"
+        );
+
+        let (ctx, _dir) = ctx();
+        let err = republish("out/{id}")
+            .handle(&ctx, &message("m1", "k"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            HandlerError::Failed("cannot republish to \"out/k\": no MQTT broker configured".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn republish_refuses_a_rendered_topic_that_cannot_be_published() {
+        let mut m = message("m1", "k");
+        m.params = vec![("id".into(), String::new())];
+        let err = republish("{id}").target_topic(&m).unwrap_err();
+        assert!(
+            matches!(&err, RepublishError::InvalidTopic { topic, source: TopicError::Empty } if topic.is_empty()),
+            "{err}"
         );
         let (ctx, _dir) = ctx();
-        let handler = RepublishHandler {
-            topic_template: "out/{id}".into(),
-            qos: 1,
+        let failed = republish("{id}").handle(&ctx, &m).await.unwrap_err();
+        assert_eq!(failed, HandlerError::Failed(err.to_string()));
+    }
+
+    #[test]
+    fn republish_handlers_come_from_validated_routes() {
+        let route = |handler: HandlerSpec| {
+            crate::routes::RouteSpec {
+                name: "r".into(),
+                pattern: "s/{id}/d".into(),
+                group: String::new(),
+                key_param: Some("id".into()),
+                qos: 1,
+                mode: crate::routes::RouteMode::Ordered,
+                handler,
+                priority: 0,
+                message_id_field: None,
+            }
+            .validate()
+            .unwrap()
         };
-        let err = handler.handle(&ctx, &message("m1", "k")).await.unwrap_err();
-        assert!(err.to_string().contains("out/k"), "{err}");
+        let handler = RepublishHandler::of_route(&route(HandlerSpec::Republish {
+            topic_template: "out/{id}".into(),
+            qos: 0,
+        }))
+        .unwrap();
+        assert_eq!((handler.topic_template.as_str(), handler.qos), ("out/{id}", 0));
+        assert!(RepublishHandler::of_route(&route(HandlerSpec::Log)).is_none());
+    }
+
+    #[test]
+    fn journal_records_carry_the_message_and_the_failure() {
+        let m = message("m1", "k");
+        let record = m.journal_record("n2", None);
+        assert_eq!(
+            (
+                record.offset,
+                record.message_id.as_str(),
+                record.topic.as_str(),
+                record.payload.as_slice(),
+                record.processed_by.as_str(),
+                record.epoch,
+                record.partition,
+                record.error.as_str()
+            ),
+            (0, "m1", "s/k/d", b"x".as_slice(), "n2", 1, 3, "")
+        );
+        assert!(record.processed_at_unix_ms > 0);
+        let dead = m.journal_record("n2", Some(&HandlerError::Failed("boom".into())));
+        assert_eq!(dead.error, "boom");
+        assert_eq!(
+            JournalRecord {
+                error: String::new(),
+                processed_at_unix_ms: 0,
+                ..dead
+            },
+            JournalRecord {
+                processed_at_unix_ms: 0,
+                ..record
+            }
+        );
     }
 }

@@ -129,8 +129,8 @@ pub enum MembershipError {
     Bind {
         /// The address.
         addr: SocketAddr,
-        /// Why.
-        source: anyhow::Error,
+        /// Why (chitchat reports it untyped).
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -174,7 +174,7 @@ impl Membership {
             .await
             .map_err(|source| MembershipError::Bind {
                 addr: settings.listen_addr,
-                source,
+                source: source.into(),
             })?;
         Ok(Self { handle, self_id })
     }

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigView;
-use crate::handler::Publisher;
+use crate::handler::{Publisher, RepublishError};
 use crate::ingress::{IngressPlan, IngressSettings, OrderedSubscription, SharedSubscription};
 use crate::ring::partition_for_key;
 use crate::routes::RouteMode;
@@ -130,7 +130,7 @@ impl MqttPublisher {
 
 #[async_trait::async_trait]
 impl Publisher for MqttPublisher {
-    async fn publish(&self, topic: &str, payload: &[u8], qos: u8) -> Result<(), String> {
+    async fn publish(&self, topic: &str, payload: &[u8], qos: u8) -> Result<(), RepublishError> {
         let qos = match qos {
             0 => QoS::AtMostOnce,
             _ => QoS::AtLeastOnce,
@@ -139,6 +139,9 @@ impl Publisher for MqttPublisher {
         self.client
             .publish(topic, qos, false, payload.to_vec())
             .await
-            .map_err(|e| format!("cannot publish to {topic:?}: {e}"))
+            .map_err(|e| RepublishError::Client {
+                topic: topic.to_owned(),
+                source: Box::new(e),
+            })
     }
 }

@@ -20,8 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::handler::{now_unix_ms, Handled, HandlerContext, HandlerError, Message, Pipeline};
-use crate::journal::JournalRecord;
+use crate::handler::{Handled, HandlerContext, HandlerError, Message, Pipeline};
 
 /// Depth of one partition's queue; when full, senders wait (backpressure to ingress).
 const LANE_DEPTH: usize = 1024;
@@ -313,17 +312,7 @@ async fn run_contained(
 }
 
 async fn dead_letter(ctx: &HandlerContext, message: &Message, error: &HandlerError) {
-    let record = JournalRecord {
-        offset: 0,
-        message_id: message.message_id.clone(),
-        topic: message.topic.clone(),
-        payload: message.payload.clone(),
-        processed_by: ctx.node_id.clone(),
-        epoch: message.epoch,
-        processed_at_unix_ms: now_unix_ms(),
-        partition: message.partition,
-        error: error.to_string(),
-    };
+    let record = message.journal_record(&ctx.node_id, Some(error));
     let journal = ctx.journal.clone();
     let route = format!("{DEAD_LETTER_PREFIX}{}", message.route);
     let key = message.key.clone();

@@ -79,6 +79,20 @@ fn leader_hint(id: &Option<String>, addr: &Option<String>) -> String {
     }
 }
 
+/// Why the config Raft member could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigStartError {
+    /// The Raft timing gives an invalid openraft configuration.
+    #[error("invalid raft settings: {0}")]
+    Settings(#[from] openraft::ConfigError),
+    /// The state machine could not be read from the database.
+    #[error("config storage: {0}")]
+    Storage(#[source] Box<openraft::StorageError<RaftId>>),
+    /// openraft could not start the member.
+    #[error("{0}")]
+    Raft(#[source] Box<openraft::error::Fatal<RaftId>>),
+}
+
 impl ConfigServiceError {
     /// True when retrying later (or elsewhere) may succeed.
     pub fn is_retryable(&self) -> bool {
@@ -127,7 +141,11 @@ pub struct ConfigService {
 
 impl ConfigService {
     /// Starts the Raft member `raft_id` on the database `db`.
-    pub async fn start(raft_id: RaftId, db: Arc<rocksdb::DB>, timing: RaftTiming) -> anyhow::Result<Self> {
+    pub async fn start(
+        raft_id: RaftId,
+        db: Arc<rocksdb::DB>,
+        timing: RaftTiming,
+    ) -> Result<Self, ConfigStartError> {
         let heartbeat_ms = timing.heartbeat.as_millis().max(10) as u64;
         let election_ms = timing.election_timeout.as_millis().max(2 * heartbeat_ms as u128) as u64;
         let raft_config = openraft::Config {
@@ -143,7 +161,8 @@ impl ConfigService {
         .validate()?;
         let committed_index = Arc::new(AtomicU64::new(0));
         let log_store = store::LogStore::new(db.clone(), committed_index.clone());
-        let (state_machine, applied) = store::StateMachineStore::open(db)?;
+        let (state_machine, applied) =
+            store::StateMachineStore::open(db).map_err(|e| ConfigStartError::Storage(Box::new(e)))?;
         let raft = openraft::Raft::new(
             raft_id,
             Arc::new(raft_config),
@@ -151,7 +170,8 @@ impl ConfigService {
             log_store,
             state_machine,
         )
-        .await?;
+        .await
+        .map_err(|e| ConfigStartError::Raft(Box::new(e)))?;
         Ok(Self {
             raft,
             raft_id,

@@ -42,12 +42,13 @@ use tracing::{debug, error, info, warn};
 
 use super::guard::{AfterPeerClose, TakeoverGuard};
 use super::message_id::{generated_message_id, payload_message_id};
-use super::plan::{validate_topic_name, ConnSpec, SubscriptionMode};
+use super::plan::{ConnSpec, SubscriptionMode};
 use super::settings::IngressSettings;
 use super::status::{ConnMetrics, ConnectionStatus, StatusRegistry};
 use super::window::{Finish, OrderedWindow, Slot};
 use crate::backoff::Backoff;
 use crate::message::{Accepted, Dispatch, InboundMessage, OrderedHold, PublishError};
+use crate::routes::{validate_topic, MAX_TOPIC_LEN};
 
 /// Capacity of rumqttc's request channel (acks, subscribe, disconnect).
 const REQUEST_CAPACITY: usize = 1024;
@@ -371,7 +372,7 @@ async fn run_session<D: Dispatch>(conn: &Conn<D>, m: &ConnMetrics) {
             Ok(built) => break built,
             Err(e) => {
                 warn!(client = %spec.client_id, error = %e, "MQTT ingress cannot build its connection settings");
-                conn.status.set_error(&spec.client_id, e);
+                conn.status.set_error(&spec.client_id, e.to_string());
                 tokio::select! {
                     _ = sleep(backoff.next_delay()) => {}
                     _ = conn.stop.cancelled() => return,
@@ -847,17 +848,13 @@ fn error_reason(e: &PublishError) -> &'static str {
 }
 
 /// Refusals at the edge: these messages can never succeed.
-fn edge_check(publish: &Publish, settings: &IngressSettings) -> Result<(), (&'static str, String)> {
-    validate_topic_name(&publish.topic).map_err(|e| ("invalid_topic", e))?;
+fn edge_check(publish: &Publish, settings: &IngressSettings) -> Result<(), PublishError> {
+    validate_topic(&publish.topic, MAX_TOPIC_LEN).map_err(|e| PublishError::InvalidTopic(e.to_string()))?;
     if publish.payload.len() > settings.max_payload_bytes {
-        return Err((
-            "payload_too_large",
-            format!(
-                "payload of {} bytes exceeds the limit of {} bytes",
-                publish.payload.len(),
-                settings.max_payload_bytes
-            ),
-        ));
+        return Err(PublishError::PayloadTooLarge {
+            size: publish.payload.len(),
+            limit: settings.max_payload_bytes,
+        });
     }
     Ok(())
 }
@@ -877,16 +874,12 @@ async fn process<D: Dispatch>(
     let id = conn.spec.client_id.as_str();
     let route = conn.spec.route.as_str();
 
-    match gate.settled_fate(generation, &conn.stop).await {
-        None => return Finish::Withhold,
-        Some(Fate::Redelivered) => {
-            superseded(conn);
-            return Finish::Withhold;
-        }
-        Some(_) => {}
+    if !still_to_dispatch(conn, gate, generation).await {
+        return Finish::Withhold;
     }
-    if let Err((reason, why)) = edge_check(publish, &conn.settings) {
-        warn!(client = id, route, topic = %publish.topic, reason, "MQTT message refused: {why}");
+    if let Err(e) = edge_check(publish, &conn.settings) {
+        let reason = error_reason(&e);
+        warn!(client = id, route, topic = %publish.topic, reason, "MQTT message refused: {e}");
         give_up(conn, m, reason);
         return Finish::Acknowledge;
     }
@@ -942,13 +935,8 @@ async fn process<D: Dispatch>(
                     _ = sleep(retry.next_delay()) => {}
                     _ = conn.stop.cancelled() => return Finish::Withhold,
                 }
-                match gate.settled_fate(generation, &conn.stop).await {
-                    None => return Finish::Withhold,
-                    Some(Fate::Redelivered) => {
-                        superseded(conn);
-                        return Finish::Withhold;
-                    }
-                    Some(_) => {}
+                if !still_to_dispatch(conn, gate, generation).await {
+                    return Finish::Withhold;
                 }
             }
             Err(e) => {
@@ -958,6 +946,22 @@ async fn process<D: Dispatch>(
                 return Finish::Acknowledge;
             }
         }
+    }
+}
+
+/// Waits until the fate of a message received on connection `generation` is known, and says
+/// whether to (go on trying to) dispatch it: yes when it came on the live connection or its
+/// session is gone (nobody sends it again); no when the broker redelivers it on the resumed
+/// session (this copy is dropped, counted as superseded) or on stop. Either way a `false`
+/// means: withhold the acknowledgement.
+async fn still_to_dispatch<D>(conn: &Conn<D>, gate: &AckGate, generation: u64) -> bool {
+    match gate.settled_fate(generation, &conn.stop).await {
+        None => false,
+        Some(Fate::Redelivered) => {
+            superseded(conn);
+            false
+        }
+        Some(Fate::Current | Fate::Lost | Fate::Unknown) => true,
     }
 }
 
@@ -993,4 +997,124 @@ fn acked<D>(conn: &Conn<D>, m: &ConnMetrics) {
 fn superseded<D>(conn: &Conn<D>) {
     conn.status.update(&conn.spec.client_id, |st| st.superseded += 1);
     debug!(client = %conn.spec.client_id, "message from a lost connection dropped: the broker redelivers it");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::MqttOptions;
+
+    fn conn(mode: SubscriptionMode) -> Conn<()> {
+        let spec = ConnSpec {
+            route: "r".into(),
+            client_id: "c1".into(),
+            subscribe_filter: "s/+".into(),
+            qos: 1,
+            mode,
+            unsubscribe_first: Vec::new(),
+            message_id_field: None,
+        };
+        let status = Arc::new(StatusRegistry::default());
+        status.insert(ConnectionStatus::new("r", "c1", mode));
+        Conn {
+            spec,
+            settings: Arc::new(IngressSettings::default()),
+            dispatcher: Arc::new(()),
+            status,
+            stop: CancellationToken::new(),
+            hold: None,
+        }
+    }
+
+    /// An ack gate whose client never connects (nothing here polls the event loop).
+    fn gate(persistent: bool) -> (AckGate, EventLoop) {
+        let (client, eventloop) = AsyncClient::new(MqttOptions::new("c1", "localhost", 1883), 8);
+        (AckGate::new(client, persistent), eventloop)
+    }
+
+    fn superseded_count(conn: &Conn<()>) -> u64 {
+        conn.status.snapshot().connections[0].superseded
+    }
+
+    #[tokio::test]
+    async fn a_message_of_the_live_connection_is_dispatched() {
+        let conn = conn(SubscriptionMode::Ordered);
+        let (gate, _eventloop) = gate(true);
+        gate.on_connected(false);
+        assert!(still_to_dispatch(&conn, &gate, 0).await);
+        assert_eq!(superseded_count(&conn), 0);
+    }
+
+    #[tokio::test]
+    async fn a_copy_the_resumed_session_redelivers_is_dropped_and_counted() {
+        let conn = conn(SubscriptionMode::Ordered);
+        let (gate, mut eventloop) = gate(true);
+        gate.on_connected(false);
+        gate.on_disconnected(&mut eventloop);
+        gate.on_connected(true);
+        assert_eq!(gate.fate(0), Fate::Redelivered);
+        assert!(!still_to_dispatch(&conn, &gate, 0).await);
+        assert_eq!(superseded_count(&conn), 1);
+    }
+
+    #[tokio::test]
+    async fn a_copy_whose_session_is_gone_is_still_dispatched() {
+        for (persistent, session_present) in [(true, false), (false, true), (false, false)] {
+            let conn = conn(SubscriptionMode::Ordered);
+            let (gate, mut eventloop) = gate(persistent);
+            gate.on_connected(false);
+            gate.on_disconnected(&mut eventloop);
+            gate.on_connected(session_present);
+            assert_eq!(gate.fate(0), Fate::Lost, "{persistent} {session_present}");
+            assert!(still_to_dispatch(&conn, &gate, 0).await);
+            assert_eq!(superseded_count(&conn), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_fate_waits_for_the_next_connack_or_stop() {
+        let conn = conn(SubscriptionMode::Ordered);
+        let (gate, mut eventloop) = gate(true);
+        gate.on_connected(false);
+        gate.on_disconnected(&mut eventloop);
+        assert_eq!(gate.fate(0), Fate::Unknown);
+        let waiting = still_to_dispatch(&conn, &gate, 0);
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), waiting.as_mut())
+                .await
+                .is_err(),
+            "undecided while disconnected"
+        );
+        gate.on_connected(true);
+        assert!(!waiting.await, "resumed session: the broker redelivers it");
+
+        gate.on_disconnected(&mut eventloop);
+        conn.stop.cancel();
+        assert!(!still_to_dispatch(&conn, &gate, 1).await, "stop withholds it");
+        assert_eq!(superseded_count(&conn), 1);
+    }
+
+    #[test]
+    fn the_edge_refuses_invalid_topics_and_oversized_payloads() {
+        let settings = IngressSettings::default();
+        let publish = |topic: &str, size: usize| Publish::new(topic, QoS::AtLeastOnce, vec![0u8; size]);
+        assert_eq!(edge_check(&publish("a/b", 10), &settings), Ok(()));
+        for topic in ["", "a/+", "a/#", "a\0"] {
+            let e = edge_check(&publish(topic, 1), &settings).unwrap_err();
+            assert!(matches!(e, PublishError::InvalidTopic(_)), "{topic:?}: {e}");
+            assert_eq!(error_reason(&e), "invalid_topic");
+        }
+        let limit = settings.max_payload_bytes;
+        assert_eq!(edge_check(&publish("a", limit), &settings), Ok(()));
+        let e = edge_check(&publish("a", limit + 1), &settings).unwrap_err();
+        assert_eq!(
+            e,
+            PublishError::PayloadTooLarge {
+                size: limit + 1,
+                limit
+            }
+        );
+        assert_eq!(error_reason(&e), "payload_too_large");
+    }
 }

@@ -1,9 +1,12 @@
-//! Reconnect pacing: the takeover guard (the backoff itself is [`crate::backoff::Backoff`]) that keeps two holders of one
-//! client id from throwing each other off the broker in a tight loop. Pure state machines fed
-//! with events and the current time; the connection task only sleeps for what they return.
+//! Reconnect pacing: the takeover guard that keeps two holders of one client id from throwing
+//! each other off the broker in a tight loop. A pure state machine fed with events and the
+//! current time; the connection task only sleeps for what it returns. Its fence delays, like
+//! every reconnect delay, come from [`crate::backoff::Backoff`].
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use crate::backoff::Backoff;
 
 /// What to do after the broker closed an established connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,10 +30,9 @@ pub(crate) enum AfterPeerClose {
 #[derive(Debug, Clone)]
 pub(crate) struct TakeoverGuard {
     window: Duration,
-    fence_min: Duration,
-    fence_max: Duration,
+    /// The next fence delay: doubles on each fence, back to the minimum once stable.
+    fence: Backoff,
     closes: VecDeque<Instant>,
-    fences: u32,
     connected_at: Option<Instant>,
 }
 
@@ -38,10 +40,8 @@ impl TakeoverGuard {
     pub fn new(window: Duration, fence_min: Duration, fence_max: Duration) -> Self {
         Self {
             window,
-            fence_min,
-            fence_max: fence_max.max(fence_min),
+            fence: Backoff::new(fence_min, fence_max),
             closes: VecDeque::new(),
-            fences: 0,
             connected_at: None,
         }
     }
@@ -72,16 +72,18 @@ impl TakeoverGuard {
         }
         // The history is kept: coming back from a fence and being thrown off again within the
         // window fences again at once (one connection per fence period, not a burst).
-        let factor = 2u32.saturating_pow(self.fences.min(16));
-        self.fences = self.fences.saturating_add(1);
-        AfterPeerClose::Fence(self.fence_min.saturating_mul(factor).min(self.fence_max))
+        // The delay without the jitter `next_delay` subtracts: a fence is a fixed period (the
+        // log names it), not a retry racing other clients.
+        let delay = self.fence.peek();
+        self.fence.next_delay();
+        AfterPeerClose::Fence(delay)
     }
 
     fn forget_if_stable(&mut self, now: Instant) {
         if let Some(since) = self.connected_at.take() {
             if now.duration_since(since) >= self.window {
                 self.closes.clear();
-                self.fences = 0;
+                self.fence.reset();
             }
         }
     }

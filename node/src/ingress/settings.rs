@@ -75,6 +75,22 @@ pub enum IngressSettingsError {
     Invalid(String),
 }
 
+/// Why a connection's TLS settings cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TlsFilesError {
+    /// A certificate or key file cannot be read.
+    #[error("{}: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No CA file is configured and the system has no CA bundle.
+    #[error("no system CA bundle found")]
+    NoSystemCaBundle,
+}
+
 fn bad(var: &str, value: impl Into<String>, reason: impl Into<String>) -> IngressSettingsError {
     IngressSettingsError::BadValue {
         var: var.to_string(),
@@ -386,7 +402,7 @@ impl IngressSettings {
         &self,
         client_id: &str,
         clean_session: bool,
-    ) -> Result<(MqttOptions, NetworkOptions), String> {
+    ) -> Result<(MqttOptions, NetworkOptions), TlsFilesError> {
         let mut options = MqttOptions::new(client_id, self.host.clone(), self.port);
         // Validated: zero or at least 1 s (rumqttc panics otherwise).
         options.set_keep_alive(self.keep_alive);
@@ -407,17 +423,22 @@ impl IngressSettings {
         Ok((options, network))
     }
 
-    fn tls_transport(&self) -> Result<Transport, String> {
+    fn tls_transport(&self) -> Result<Transport, TlsFilesError> {
         use rumqttc::tokio_rustls::rustls::crypto::{aws_lc_rs, CryptoProvider};
         if CryptoProvider::get_default().is_none() {
             // Losing a race with another installer is fine: any provider will do.
             let _ = aws_lc_rs::default_provider().install_default();
         }
-        let read = |path: &PathBuf| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| TlsFilesError::Read {
+                path: path.clone(),
+                source,
+            })
+        };
         let ca = match &self.tls_ca_file {
             Some(path) => read(path)?,
             None => {
-                let path = system_ca_bundle().ok_or("no system CA bundle found")?;
+                let path = system_ca_bundle().ok_or(TlsFilesError::NoSystemCaBundle)?;
                 read(&path)?
             }
         };
@@ -525,6 +546,33 @@ mod tests {
         assert!(s.tls);
         assert_eq!(s.port, 8883);
         assert_eq!(s.tls_ca_file.as_deref(), Some(ca.as_path()));
+    }
+
+    #[test]
+    fn an_unreadable_tls_file_fails_the_connection_settings_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "x").unwrap();
+        let mut s = from(&[
+            ("MQTT_TLS_ENABLED", "1"),
+            ("MQTT_TLS_CA_CERTS", ca.to_str().unwrap()),
+        ])
+        .unwrap();
+        assert!(s.mqtt_options("c1", true).is_ok());
+        std::fs::remove_file(&ca).unwrap();
+        let Err(err) = s.mqtt_options("c1", true) else {
+            panic!("a missing CA file must fail");
+        };
+        assert!(
+            matches!(&err, TlsFilesError::Read { path, .. } if *path == ca),
+            "{err}"
+        );
+        assert!(
+            err.to_string().starts_with(&format!("{}: ", ca.display())),
+            "{err}"
+        );
+        s.tls = false;
+        assert!(s.mqtt_options("c1", true).is_ok(), "no TLS, no files read");
     }
 
     #[test]

@@ -20,22 +20,39 @@ pub const MAX_MESSAGE_ID_FIELD_LEN: usize = 256;
 /// Longest message id taken from a payload, in bytes; a longer value counts as missing.
 pub const MAX_MESSAGE_ID_LEN: usize = 256;
 
+/// Why a `message_id_field` pointer is invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MessageIdFieldError {
+    /// The pointer does not start with `/` (the empty pointer included).
+    #[error("a JSON pointer must start with '/' (e.g. \"/id\")")]
+    NoLeadingSlash,
+    /// The pointer is longer than [`MAX_MESSAGE_ID_FIELD_LEN`] bytes.
+    #[error("longer than {MAX_MESSAGE_ID_FIELD_LEN} bytes")]
+    TooLong,
+    /// The pointer contains a NUL character.
+    #[error("contains NUL")]
+    Nul,
+    /// A `~` not followed by `0` or `1`.
+    #[error("'~' must be followed by '0' or '1' (RFC 6901 escapes)")]
+    BadEscape,
+}
+
 /// Checks a `message_id_field` pointer: 1 to [`MAX_MESSAGE_ID_FIELD_LEN`] bytes, starting with
 /// `/`, every `~` followed by `0` or `1` (RFC 6901 escapes), no NUL. Returns why not.
-pub fn validate_message_id_field(pointer: &str) -> Result<(), String> {
+pub fn validate_message_id_field(pointer: &str) -> Result<(), MessageIdFieldError> {
     if !pointer.starts_with('/') {
-        return Err("a JSON pointer must start with '/' (e.g. \"/id\")".into());
+        return Err(MessageIdFieldError::NoLeadingSlash);
     }
     if pointer.len() > MAX_MESSAGE_ID_FIELD_LEN {
-        return Err(format!("longer than {MAX_MESSAGE_ID_FIELD_LEN} bytes"));
+        return Err(MessageIdFieldError::TooLong);
     }
     if pointer.contains('\0') {
-        return Err("contains NUL".into());
+        return Err(MessageIdFieldError::Nul);
     }
     let mut chars = pointer.chars();
     while let Some(c) = chars.next() {
         if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
-            return Err("'~' must be followed by '0' or '1' (RFC 6901 escapes)".into());
+            return Err(MessageIdFieldError::BadEscape);
         }
     }
     Ok(())
@@ -103,17 +120,22 @@ mod tests {
         for ok in ["/id", "/meta/msg_id", "/a~1b", "/m~0n", "/0", "/", "/é"] {
             assert_eq!(validate_message_id_field(ok), Ok(()), "{ok}");
         }
-        for bad in [
-            "",
-            "id",
-            "meta/id",
-            "/a~",
-            "/a~2",
-            "/a\0",
-            &format!("/{}", "x".repeat(256)),
+        use MessageIdFieldError::*;
+        for (bad, why) in [
+            ("", NoLeadingSlash),
+            ("id", NoLeadingSlash),
+            ("meta/id", NoLeadingSlash),
+            ("/a~", BadEscape),
+            ("/a~2", BadEscape),
+            ("/a\0", Nul),
+            (&format!("/{}", "x".repeat(256)), TooLong),
         ] {
-            assert!(validate_message_id_field(bad).is_err(), "{bad:?}");
+            assert_eq!(validate_message_id_field(bad), Err(why), "{bad:?}");
         }
+        assert_eq!(
+            NoLeadingSlash.to_string(),
+            "a JSON pointer must start with '/' (e.g. \"/id\")"
+        );
         assert!(validate_message_id_field(&format!("/{}", "x".repeat(255))).is_ok());
     }
 

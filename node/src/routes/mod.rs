@@ -11,7 +11,9 @@
 //! - [`RouteSpec`]: a route as configured (the serde form in the Raft config, the counterpart
 //!   of the protobuf `Route`), and [`RouteSpec::validate`], which checks every field and yields
 //!   a [`CompiledRoute`].
-//! - [`Template`] and [`render_template`]: the `republish` handler's topic templates.
+//! - [`Template`]: the `republish` handler's topic templates, parsed once when the route is
+//!   validated ([`CompiledRoute::republish_template`]) and rendered per message; the one
+//!   template renderer of the node.
 //! - [`message_id_from_payload`]: a route's `message_id_field`, the JSON pointer that gives a
 //!   message without a producer id (MQTT 3.1.1 has none) a stable id read from its payload, so
 //!   that a redelivered copy is recognised as a duplicate.
@@ -57,8 +59,8 @@ mod template;
 mod topic;
 
 pub use message_id::{
-    message_id_from_payload, validate_message_id_field, MissingMessageId, MAX_MESSAGE_ID_FIELD_LEN,
-    MAX_MESSAGE_ID_LEN,
+    message_id_from_payload, validate_message_id_field, MessageIdFieldError, MissingMessageId,
+    MAX_MESSAGE_ID_FIELD_LEN, MAX_MESSAGE_ID_LEN,
 };
 pub use pattern::{
     Level, Params, Pattern, PatternError, MAX_PARAM_NAME_LEN, MAX_PATTERN_LEN, MAX_PATTERN_LEVELS,
@@ -67,5 +69,5 @@ pub use table::{
     is_valid_route_name, CompiledRoute, HandlerSpec, RouteError, RouteMatch, RouteMode, RouteSpec,
     RouteTable, MAX_ROUTE_NAME_LEN, MAX_WORKER_COUNT,
 };
-pub use template::{render_template, Template, TemplateError};
+pub use template::{Template, TemplateError};
 pub use topic::{topic_from_bytes, validate_topic, TopicError, MAX_TOPIC_LEN};

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::message_id::{message_id_from_payload, validate_message_id_field, MissingMessageId};
+use super::message_id::{
+    message_id_from_payload, validate_message_id_field, MessageIdFieldError, MissingMessageId,
+};
 use super::pattern::{Level, Params, Pattern, PatternError};
 use super::template::{Template, TemplateError};
 
@@ -202,7 +204,7 @@ pub enum RouteError {
         /// The pointer given.
         field: String,
         /// Why.
-        reason: String,
+        reason: MessageIdFieldError,
     },
     /// Two routes of one table have the same name.
     #[error("route name {name:?} is used more than once")]

@@ -129,11 +129,18 @@ impl Template {
     /// Replaces each placeholder with its value from `params`. A placeholder without a value
     /// (not possible for a template checked against its route) is left as `{name}`.
     pub fn render(&self, params: &Params) -> String {
+        self.render_with(|name| params.get(name))
+    }
+
+    /// Replaces each placeholder with `value(name)`; one without a value (`None`) is left as
+    /// `{name}`. Values are copied as they are: braces, `/` or placeholder-like text in a value
+    /// are not read again, so a value cannot pull in another parameter.
+    pub fn render_with<'v>(&self, value: impl Fn(&str) -> Option<&'v str>) -> String {
         let mut out = String::with_capacity(self.source.len());
         for part in &self.parts {
             match part {
                 Part::Text(text) => out.push_str(text),
-                Part::Param(name) => match params.get(name) {
+                Part::Param(name) => match value(name) {
                     Some(value) => out.push_str(value),
                     None => {
                         out.push('{');
@@ -151,38 +158,6 @@ impl fmt::Display for Template {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.source)
     }
-}
-
-/// Renders `template` without parsing it first: each `{name}` with a value in `params` is
-/// replaced, anything else (unknown names, stray braces) is copied as is. For a valid
-/// template this gives the same result as [`Template::render`].
-pub fn render_template(template: &str, params: &Params) -> String {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        match after.find(['{', '}']) {
-            Some(close) if after[close..].starts_with('}') => {
-                let name = &after[..close];
-                match params.get(name) {
-                    Some(value) => out.push_str(value),
-                    None => {
-                        out.push('{');
-                        out.push_str(name);
-                        out.push('}');
-                    }
-                }
-                rest = &after[close + 1..];
-            }
-            _ => {
-                out.push('{');
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 #[cfg(test)]
@@ -260,13 +235,31 @@ mod tests {
     }
 
     #[test]
-    fn render_template_agrees_with_parsed_templates_and_tolerates_junk() {
-        let params = values(&[("a", "1"), ("b", "2")]);
-        for text in ["x/{a}/{b}", "{a}{b}", "p-{a}-s", "none", "{b}/{a}/{a}"] {
-            let parsed = Template::parse(text).unwrap();
-            assert_eq!(render_template(text, &params), parsed.render(&params), "{text}");
-        }
-        assert_eq!(render_template("{a}/{zz}/{a", &params), "1/{zz}/{a");
-        assert_eq!(render_template("}{}{{a}", &params), "}{}{1");
+    fn values_are_copied_verbatim_and_never_read_again() {
+        let template = Template::parse("out/{a}/{b}").unwrap();
+        // A value that looks like a placeholder stays text, whatever the parameter order.
+        assert_eq!(template.render(&values(&[("a", "{b}"), ("b", "x")])), "out/{b}/x");
+        assert_eq!(template.render(&values(&[("b", "x"), ("a", "{b}")])), "out/{b}/x");
+        // Empty values, slashes and stray braces are inserted as they are.
+        assert_eq!(template.render(&values(&[("a", ""), ("b", "}{")])), "out//}{");
+        assert_eq!(template.render(&values(&[("a", "p/q"), ("b", "é")])), "out/p/q/é");
+        // Repeated placeholders each get the value.
+        assert_eq!(
+            Template::parse("{a}-{a}").unwrap().render(&values(&[("a", "1")])),
+            "1-1"
+        );
+    }
+
+    #[test]
+    fn render_with_takes_values_from_any_lookup() {
+        let template = Template::parse("processed/{id}/{kind}").unwrap();
+        let pairs = [("id".to_string(), "d1".to_string())];
+        let lookup = |name: &str| pairs.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        assert_eq!(template.render_with(lookup), "processed/d1/{kind}");
+        assert_eq!(
+            template.render_with(|_| None),
+            "processed/{id}/{kind}",
+            "no values: the template as written"
+        );
     }
 }
