@@ -388,10 +388,10 @@ impl Dispatch for Dispatcher {
     }
 
     /// Granted when the partition of the route's `$ingress/<route>` key is active here with a
-    /// valid lease (see [`crate::mqtt::ordered_holder`] and [`Fence::take_ingress_hold`]).
+    /// valid lease (see [`crate::ingress::ordered_holder`] and [`Fence::take_ingress_hold`]).
     fn take_ordered_hold(&self, route: &str) -> Option<Box<dyn crate::message::OrderedHold>> {
         let view = self.config.local_view();
-        let partition = crate::mqtt::ingress_partition(&view, route);
+        let partition = crate::ingress::ingress_partition(&view, route);
         let token = self.fence.take_ingress_hold(partition)?;
         Some(Box::new(IngressHold {
             fence: self.fence.clone(),

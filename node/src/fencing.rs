@@ -340,7 +340,7 @@ impl Fence {
             }
             let sent = Instant::now();
             if hint.is_none() && config.metrics().current_leader.is_none() {
-                hint = crate::node::leader_grpc_addr(&membership, config.raft_id()).await;
+                hint = membership.leader_hint(config.raft_id()).await;
             }
             let outcome =
                 tokio::time::timeout(settings.lease / 2, renew_once(&config, &self.node_id, &mut hint)).await;

@@ -7,8 +7,11 @@
 //! - [`coordinator`]: what the Raft leader does to admit, remove and fail over nodes;
 //! - [`ownership`] (pure), [`lease`] (pure), [`fencing`], [`handoff`]: who may process a
 //!   partition now, leases that fence a cut-off owner, and the handoff of partitions;
+//! - [`ingress`]: the MQTT ingress, and who holds which ordered route; [`publisher`]: the
+//!   broker connection `republish` publishes through;
 //! - [`api`]: the gRPC cluster API; [`http`]: health, readiness and metrics;
-//! - [`node`]: start-up, wiring and shutdown; [`settings`]: flags, env and file.
+//! - [`node`]: start-up, entering the cluster, the status loop, leaving, shutdown;
+//! - [`settings`]: flags, env and file.
 
 pub mod api;
 pub mod backoff;
@@ -29,10 +32,10 @@ pub mod lease;
 pub mod membership;
 pub mod message;
 pub mod metrics;
-pub mod mqtt;
 pub mod node;
 pub mod ownership;
 pub mod processor;
+pub mod publisher;
 pub mod ring;
 pub mod routes;
 pub mod settings;

@@ -234,6 +234,13 @@ impl Membership {
         newest.into_values().collect()
     }
 
+    /// Where to reach the Raft leader, as gossip reports it: the leader's gRPC address, or else
+    /// any other live node's (which answers with the leader's address); `None` while no other
+    /// node is known alive. A hint for finding the leader, nothing more: gossip lags Raft.
+    pub async fn leader_hint(&self, self_raft_id: u64) -> Option<String> {
+        leader_hint(&self.peers().await, self_raft_id)
+    }
+
     /// Stops gossiping.
     pub async fn shutdown(self) {
         if let Err(e) = self.handle.shutdown().await {
@@ -257,5 +264,76 @@ fn peer_from_state(id: &ChitchatId, state: &NodeState, alive: bool) -> Peer {
         cluster_id: text(keys::CLUSTER_ID),
         raft_leader: number(keys::LEADER),
         committed: number(keys::COMMITTED),
+    }
+}
+
+/// The gRPC address of the Raft leader that the other live nodes gossip, or of any other live
+/// node.
+fn leader_hint(peers: &[Peer], self_raft_id: u64) -> Option<String> {
+    let others: Vec<_> = peers
+        .iter()
+        .filter(|p| p.alive && p.raft_id != Some(self_raft_id))
+        .collect();
+    let leader = others.iter().find_map(|p| p.raft_leader).and_then(|leader| {
+        others
+            .iter()
+            .find(|p| p.raft_id == Some(leader))
+            .and_then(|p| p.grpc_addr.clone())
+    });
+    leader.or_else(|| others.iter().find_map(|p| p.grpc_addr.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(raft_id: u64, alive: bool, raft_leader: Option<u64>) -> Peer {
+        Peer {
+            node_id: format!("n{raft_id}"),
+            generation: 1,
+            gossip_addr: SocketAddr::from(([127, 0, 0, 1], 7000 + raft_id as u16)),
+            alive,
+            grpc_addr: Some(format!("127.0.0.1:{}", 9000 + raft_id)),
+            http_addr: None,
+            state: None,
+            raft_id: Some(raft_id),
+            cluster_id: None,
+            raft_leader,
+            committed: None,
+        }
+    }
+
+    #[test]
+    fn leader_hint_is_the_gossiped_leader() {
+        let peers = [
+            peer(1, true, Some(3)),
+            peer(2, true, Some(3)),
+            peer(3, true, Some(3)),
+        ];
+        assert_eq!(leader_hint(&peers, 1).as_deref(), Some("127.0.0.1:9003"));
+    }
+
+    #[test]
+    fn leader_hint_falls_back_to_any_other_live_node() {
+        // The gossiped leader is this node itself, or dead, or nobody knows one.
+        let me_leader = [peer(1, true, Some(1)), peer(2, true, Some(1))];
+        assert_eq!(leader_hint(&me_leader, 1).as_deref(), Some("127.0.0.1:9002"));
+        let dead_leader = [
+            peer(1, true, None),
+            peer(2, false, Some(2)),
+            peer(3, true, Some(2)),
+        ];
+        assert_eq!(leader_hint(&dead_leader, 1).as_deref(), Some("127.0.0.1:9003"));
+        let no_leader = [peer(1, true, None), peer(2, true, None)];
+        assert_eq!(leader_hint(&no_leader, 1).as_deref(), Some("127.0.0.1:9002"));
+    }
+
+    #[test]
+    fn no_leader_hint_when_alone() {
+        assert_eq!(leader_hint(&[peer(1, true, Some(1))], 1), None);
+        assert_eq!(
+            leader_hint(&[peer(1, true, None), peer(2, false, Some(2))], 1),
+            None
+        );
     }
 }

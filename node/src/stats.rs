@@ -4,7 +4,7 @@
 //! Bounded whatever the load: counters and a fixed-bucket latency histogram per sampling
 //! interval, [`SERIES_LEN`] samples kept, one Space-Saving sketch ([`crate::hotkeys`]) of
 //! [`HOT_KEY_CAPACITY`] counters per route for at most [`MAX_ROUTES`] routes. The processor
-//! and the dispatcher record; the sampler task ([`spawn_sampler`]) closes an interval every
+//! and the dispatcher record; the sampler ([`run_sampler`], a task of the node) closes an interval every
 //! [`SAMPLE_EVERY`] and a hot-key window every [`HOT_KEY_WINDOW`]. Prometheus metrics stay the
 //! place for long-term figures; these are the last minutes, kept in memory.
 
@@ -12,7 +12,6 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::hotkeys::{HotKeys, Summary};
@@ -168,8 +167,8 @@ fn unix_ms() -> u64 {
 
 /// Closes a sample every [`SAMPLE_EVERY`] and a hot-key window every [`HOT_KEY_WINDOW`] until
 /// `stop` is cancelled.
-pub fn spawn_sampler(stats: NodeStats, stop: CancellationToken) -> JoinHandle<()> {
-    tokio::spawn(async move {
+pub async fn run_sampler(stats: NodeStats, stop: CancellationToken) {
+    {
         let mut every = tokio::time::interval(SAMPLE_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         every.tick().await; // the first tick is immediate
@@ -186,7 +185,7 @@ pub fn spawn_sampler(stats: NodeStats, stop: CancellationToken) -> JoinHandle<()
                 stats.rotate_hot_keys();
             }
         }
-    })
+    }
 }
 
 #[cfg(test)]

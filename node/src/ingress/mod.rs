@@ -122,6 +122,7 @@
 
 mod connection;
 mod guard;
+mod holder;
 mod message_id;
 mod plan;
 mod settings;
@@ -141,6 +142,7 @@ use crate::message::Dispatch;
 use connection::{run_connection, Conn};
 use plan::{desired_connections, diff, ConnSpec, Naming};
 
+pub use holder::{ingress_partition, ingress_plan, ordered_client_id, ordered_holder};
 pub use message_id::{generated_message_id, payload_message_id, MESSAGE_ID_MISSING};
 pub use plan::{IngressPlan, OrderedSubscription, SharedSubscription, SubscriptionMode, MAX_WORKER_COUNT};
 pub use settings::{

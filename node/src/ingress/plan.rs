@@ -1,5 +1,6 @@
-//! What the ingress subscribes to ([`IngressPlan`]), the MQTT connections that plan asks for,
-//! and how a new plan differs from the running one. Pure functions: no I/O, unit-tested here.
+//! What the ingress subscribes to ([`IngressPlan`], computed from the applied config by
+//! [`super::ingress_plan`]), the MQTT connections that plan asks for, and how a new plan
+//! differs from the running one. Pure functions: no I/O, unit-tested here.
 //!
 //! Connections are keyed by MQTT client id, which embeds the route: a shared route `r` with
 //! `worker_count = n` asks for `n` connections `<prefix>-<node>-r-<i>`; an ordered route asks
@@ -13,7 +14,8 @@ use serde::Serialize;
 /// Largest `worker_count` the ingress accepts for one shared route on one node.
 pub const MAX_WORKER_COUNT: u32 = 256;
 
-/// What this node's ingress subscribes to, computed by the node from the routes and ownership.
+/// What this node's ingress subscribes to, computed from the routes and ownership by
+/// [`super::ingress_plan`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IngressPlan {
     /// Shared routes: every node subscribes through `$share/<group>/<filter>`.
