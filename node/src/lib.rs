@@ -31,6 +31,7 @@ pub mod mqtt;
 pub mod node;
 pub mod ownership;
 pub mod processor;
+pub mod replication;
 pub mod ring;
 pub mod routes;
 pub mod settings;
