@@ -36,8 +36,8 @@
 //! - `status [p=P]`, `log ID... [p=P]`, `lag [p=P] at=T`, `read [p=P]`: what nodes hold.
 //!
 //! After every command the runner checks G4: every acknowledged message is at its offset in
-//! the log of every member of the partition's in-sync set, and no offset was acknowledged with
-//! two different messages.
+//! the log of every member of the partition's in-sync set and of its owner, and no offset was
+//! acknowledged with two different messages.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error;
@@ -279,10 +279,10 @@ impl Sim {
                 }
             }
         }
-        // G4: every acknowledged message is on every in-sync replica.
+        // G4: every acknowledged message is on every in-sync replica and on the owner.
         let table = self.config.replica_table()?;
         for (p, acked) in &self.acked {
-            for node_id in table.isr(*p) {
+            for node_id in table.isr(*p).into_iter().chain(table.owner(*p)) {
                 let empty = Vec::new();
                 let entries = self
                     .nodes
@@ -292,7 +292,7 @@ impl Sim {
                 for (offset, message) in acked {
                     if entries.get(*offset as usize).map(|e| &e.1) != Some(message) {
                         return Err(format!(
-                            "G4 violated: acknowledged {message} (p{p} offset {offset}) is not on in-sync replica {node_id}"
+                            "G4 violated: acknowledged {message} (p{p} offset {offset}) is not on {node_id}, in sync or owner"
                         )
                         .into());
                     }
