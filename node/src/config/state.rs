@@ -324,6 +324,20 @@ impl ReplicationConfig {
     }
 }
 
+impl ReplicationConfig {
+    /// The coordinator's decision when member `node_id` reports the incarnation of its data
+    /// directory (at join or lease renewal): record it if it is new or different (a different
+    /// one takes the member out of every ISR), nothing if it is the recorded one.
+    pub fn incarnation_command(&self, node_id: &str, reported: u64) -> Option<Command> {
+        (self.enabled() && reported != 0 && self.incarnations.get(node_id) != Some(&reported)).then(|| {
+            Command::SetIncarnation {
+                node_id: node_id.to_string(),
+                incarnation: reported,
+            }
+        })
+    }
+}
+
 /// Validates replication parameters (shared with the settings).
 pub fn validate_replication(factor: u32, min_insync: u32) -> Result<(), ConfigError> {
     if !(1..=MAX_REPLICATION_FACTOR).contains(&factor) {
@@ -1282,6 +1296,25 @@ mod tests {
             .unwrap();
         let table = config.replica_table().unwrap();
         assert!((0..64).all(|p| table.partition(p).unclean_epoch == config.epoch));
+    }
+
+    #[test]
+    fn the_coordinator_records_only_new_incarnations() {
+        let config = small_cluster(&["n1", "n2"], 2, 1);
+        assert_eq!(config.replication.incarnation_command("n2", 101), None);
+        assert_eq!(
+            config.replication.incarnation_command("n2", 555),
+            Some(Command::SetIncarnation {
+                node_id: "n2".into(),
+                incarnation: 555
+            })
+        );
+        assert_eq!(config.replication.incarnation_command("n2", 0), None);
+        assert_eq!(
+            bootstrapped().replication.incarnation_command("n1", 5),
+            None,
+            "replication off"
+        );
     }
 
     #[test]
