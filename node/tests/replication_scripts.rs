@@ -33,7 +33,8 @@
 //! - `kill ID` / `resume ID`: the node stops (applies nothing, answers nothing) / runs again
 //!   still at the config it applied last (until the next change, or `observe ID`).
 //! - `observe ID`: the node applies the current config.
-//! - `status [p=P]`, `log ID... [p=P]`, `lag [p=P] at=T`, `read [p=P]`: what nodes hold.
+//! - `status [p=P]`, `log ID... [p=P]`, `lag [p=P] at=T`, `read [p=P]` (the owner's entries
+//!   below its commit point), `placement` (every partition's replicas and zones).
 //!
 //! After every command the runner checks G4: every acknowledged message is at its offset in
 //! the log of every member of the partition's in-sync set and of its owner, and no offset was

@@ -1317,6 +1317,70 @@ mod tests {
         );
     }
 
+    /// Random member changes and catch-ups keep the ISR invariants, and every change of the
+    /// owner table comes with a new epoch.
+    #[test]
+    fn random_member_changes_keep_the_isr_invariants() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        let ops = prop::collection::vec((0u8..6, 0u8..5), 1..24);
+        let mut runner = TestRunner::new(Config::with_cases(24));
+        runner
+            .run(&ops, |ops| {
+                let mut config = small_cluster(&["n0", "n1", "n2"], 3, 2);
+                let mut next_raft = 10;
+                for (op, node) in ops {
+                    let id = format!("n{node}");
+                    let before = (config.epoch, owners(&config));
+                    let command = match op {
+                        0 => {
+                            next_raft += 1;
+                            Command::AddMember(member(&id, next_raft))
+                        }
+                        1 => Command::RemoveMember { node_id: id.clone() },
+                        2 => Command::SetLeaving { node_id: id.clone() },
+                        3 => Command::SetIncarnation {
+                            node_id: id.clone(),
+                            incarnation: next_raft + 1000,
+                        },
+                        4 => Command::SetZone {
+                            node_id: id.clone(),
+                            zone: format!("z{}", node % 2),
+                        },
+                        _ => {
+                            for m in config.members.keys().cloned().collect::<Vec<_>>() {
+                                if !config.replication.incarnations.contains_key(&m) {
+                                    let _ = config.apply_epoch(&Command::SetIncarnation {
+                                        node_id: m,
+                                        incarnation: 7,
+                                    });
+                                }
+                            }
+                            catch_up_all(&mut config);
+                            continue;
+                        }
+                    };
+                    if config.apply_epoch(&command).is_err() {
+                        continue;
+                    }
+                    let table = config.replica_table().unwrap();
+                    for p in 0..config.ring.partitions {
+                        let part = table.partition(p);
+                        prop_assert!(!part.isr.is_empty(), "p{} has an empty ISR", p);
+                        prop_assert!(part.owner.as_ref().is_some_and(|o| part.isr.contains(o)));
+                        prop_assert!(part.lagging.iter().all(|n| part.replicas.contains(n)));
+                        prop_assert!(part.retiring.iter().all(|n| !part.replicas.contains(n)));
+                        prop_assert!(part.isr.iter().all(|n| config.members.contains_key(n)));
+                    }
+                    if owners(&config) != before.1 {
+                        prop_assert!(config.epoch > before.0, "owners changed without a new epoch");
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
     #[test]
     fn configs_from_before_replication_still_load() {
         let config = small_cluster(&["n1", "n2"], 3, 2);
