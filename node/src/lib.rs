@@ -36,6 +36,7 @@ pub mod node;
 pub mod ownership;
 pub mod processor;
 pub mod publisher;
+pub mod replication;
 pub mod ring;
 pub mod routes;
 pub mod settings;

@@ -475,6 +475,85 @@ impl Ring {
     }
 }
 
+/// The ring's virtual nodes in ring order, for walking clockwise past a partition's owner.
+///
+/// [`Ring`] keeps only the partition → owner table; replica placement
+/// ([`crate::replication::placement`]) needs the members that follow the owner on the ring.
+/// The token order is the one [`Ring`] uses, so the first member of [`TokenRing::walk`] is
+/// always [`Ring::owner_of_partition`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRing {
+    params: RingParams,
+    /// Member node ids, in strictly increasing byte order.
+    nodes: Vec<String>,
+    /// Every token, sorted.
+    tokens: Vec<Token>,
+}
+
+impl TokenRing {
+    /// Builds the token ring for `members` (`(node id, weight)`, any order), with the same
+    /// checks as [`Ring::build`].
+    pub fn build<I, S>(params: &RingParams, members: I) -> Result<Self, RingError>
+    where
+        I: IntoIterator<Item = (S, u32)>,
+        S: AsRef<str>,
+    {
+        let (members, virtual_nodes) = checked_members(params, members)?;
+        // Bounded as in `Ring::build`.
+        let mut tokens: Vec<Token> = Vec::with_capacity(virtual_nodes as usize);
+        for (index, (node_id, weight)) in members.iter().enumerate() {
+            let count = weight * params.vnodes_per_weight;
+            tokens.extend((0..count).map(|i| (token_position(node_id, i), index as u16, i)));
+        }
+        tokens.sort_unstable();
+        Ok(Self {
+            params: *params,
+            nodes: members.into_iter().map(|(node_id, _)| node_id).collect(),
+            tokens,
+        })
+    }
+
+    /// The parameters the ring was built with.
+    pub fn params(&self) -> &RingParams {
+        &self.params
+    }
+
+    /// The members' node ids, in increasing byte order; [`TokenRing::walk`] yields indexes
+    /// into this list.
+    pub fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+
+    /// The distinct members met walking clockwise from `partition`'s position, each once, as
+    /// indexes into [`TokenRing::nodes`]: first the partition's owner, then the others in the
+    /// order their first token follows. Empty for an empty ring or a partition out of range.
+    pub fn walk(&self, partition: u32) -> impl Iterator<Item = u16> + '_ {
+        let in_range = partition < self.params.partitions;
+        let start = if in_range {
+            let position = partition_position(partition, self.params.partitions);
+            self.tokens.partition_point(|&(token, _, _)| token < position)
+        } else {
+            0
+        };
+        let len = if in_range { self.tokens.len() } else { 0 };
+        let mut seen = vec![false; self.nodes.len()];
+        let mut left = self.nodes.len();
+        let mut step = 0;
+        std::iter::from_fn(move || {
+            while left > 0 && step < len {
+                let index = self.tokens.get((start + step) % len)?.1;
+                step += 1;
+                if let Some(s) = seen.get_mut(usize::from(index)).filter(|s| !**s) {
+                    *s = true;
+                    left -= 1;
+                    return Some(index);
+                }
+            }
+            None
+        })
+    }
+}
+
 /// Validates `params` and `members` as [`Ring::build`] documents; returns the members sorted
 /// by node id and their total number of virtual nodes.
 fn checked_members<I, S>(params: &RingParams, members: I) -> Result<(Vec<(String, u32)>, u64), RingError>
@@ -910,6 +989,28 @@ mod tests {
             one.diff(&bigger),
             Err(RingError::PartitionCountMismatch { left: 64, right: 128 })
         );
+    }
+
+    #[test]
+    fn token_walk_starts_at_the_owner_and_lists_every_member_once() {
+        let params = params(256, 8);
+        let members = [("a", 1), ("b", 2), ("c", 1), ("d", 1)];
+        let ring = Ring::build(&params, members).unwrap();
+        let tokens = TokenRing::build(&params, members).unwrap();
+        assert_eq!(tokens.nodes(), ring.nodes());
+        for p in 0..params.partitions {
+            let walk: Vec<&str> = tokens
+                .walk(p)
+                .map(|i| tokens.nodes()[usize::from(i)].as_str())
+                .collect();
+            assert_eq!(walk.first().copied(), ring.owner_of_partition(p), "partition {p}");
+            let mut sorted = walk.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, ["a", "b", "c", "d"], "partition {p}");
+        }
+        assert_eq!(tokens.walk(256).count(), 0);
+        let empty = TokenRing::build(&params, Vec::<(String, u32)>::new()).unwrap();
+        assert_eq!(empty.walk(0).count(), 0);
     }
 
     #[test]

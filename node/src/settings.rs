@@ -12,7 +12,9 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
-use crate::config::state::{validate_node_id, DEFAULT_MAX_VOTERS, MAX_WEIGHT};
+use crate::config::state::{
+    validate_node_id, validate_zone, DEFAULT_MAX_VOTERS, MAX_REPLICATION_FACTOR, MAX_WEIGHT,
+};
 use crate::ingress::IngressSettings;
 use crate::ring::RingParams;
 use crate::routes::{RouteSpec, RouteTable};
@@ -110,6 +112,19 @@ pub struct StartArgs {
     /// before the node exits anyway, in milliseconds [default: 30000].
     #[arg(long, env = "ROUTEMQ_LEAVE_TIMEOUT_MS")]
     pub leave_timeout_ms: Option<u64>,
+    /// Copies of each partition: its owner and the next R-1 members on the ring (placement uses
+    /// at most the member count); fixed when the cluster is bootstrapped, a node started with
+    /// another value than the cluster's refuses to start [default: 3].
+    #[arg(long, env = "ROUTEMQ_REPLICATION_FACTOR", value_name = "R")]
+    pub replication_factor: Option<u32>,
+    /// In-sync replicas a write needs before it is acknowledged; with fewer, writes are refused
+    /// with UNAVAILABLE (bootstrap only) [default: (R+1)/2: 2 with R=3, 1 with R=1].
+    #[arg(long, env = "ROUTEMQ_MIN_INSYNC", value_name = "N")]
+    pub min_insync: Option<u32>,
+    /// This node's zone (rack, availability zone): a partition's replicas go to distinct zones
+    /// first [default: none].
+    #[arg(long, env = "ROUTEMQ_ZONE")]
+    pub zone: Option<String>,
     /// Testing only: ignore the ownership lease (shows what fencing prevents). Never in production.
     #[arg(long, hide = true)]
     pub unsafe_no_fencing: bool,
@@ -158,6 +173,9 @@ pub struct FileSettings {
     lease_ms: Option<u64>,
     failover_timeout_ms: Option<u64>,
     leave_timeout_ms: Option<u64>,
+    replication_factor: Option<u32>,
+    min_insync: Option<u32>,
+    zone: Option<String>,
 }
 
 /// The routes file: `[[route]]` tables.
@@ -253,6 +271,62 @@ pub struct Settings {
     pub leave_timeout: Duration,
     /// MQTT ingress, when a broker is configured.
     pub mqtt: Option<IngressSettings>,
+    /// Replication parameters and this node's zone.
+    pub replication: ReplicationSettings,
+}
+
+/// Replication as the node's flags ask for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationSettings {
+    /// Replication factor R (1..=7): proposed at bootstrap.
+    pub factor: u32,
+    /// Minimum in-sync replicas (1..=R): proposed at bootstrap.
+    pub min_insync: u32,
+    /// True if R or min-insync was given (flag, env or file): a node joining or restarting
+    /// checks them against the cluster's (`ReplicationConfig::check_flags`); defaults are not
+    /// checked, so a node started without them joins any cluster.
+    pub explicit: bool,
+    /// This node's zone ("": none).
+    pub zone: String,
+}
+
+/// Default replication factor.
+pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
+
+/// Resolves and validates the replication flags.
+pub fn resolve_replication(
+    factor: Option<u32>,
+    min_insync: Option<u32>,
+    zone: Option<String>,
+) -> Result<ReplicationSettings, SettingsError> {
+    let explicit = factor.is_some() || min_insync.is_some();
+    let factor = factor.unwrap_or(DEFAULT_REPLICATION_FACTOR);
+    if !(1..=MAX_REPLICATION_FACTOR).contains(&factor) {
+        return Err(invalid(
+            "replication factor",
+            format!(
+                "{factor} is not in 1..={MAX_REPLICATION_FACTOR} (1 keeps a single copy of each partition)"
+            ),
+        ));
+    }
+    let min_insync = min_insync.unwrap_or(factor.div_ceil(2));
+    if !(1..=factor).contains(&min_insync) {
+        return Err(invalid(
+            "min-insync",
+            format!("{min_insync} is not in 1..={factor}: at least 1 and at most the replication factor"),
+        ));
+    }
+    let zone = zone.map(|z| z.trim().to_string()).unwrap_or_default();
+    validate_zone(&zone).map_err(|e| match e {
+        crate::config::state::ConfigError::Invalid { reason, .. } => invalid("zone", reason),
+        other => invalid("zone", other.to_string()),
+    })?;
+    Ok(ReplicationSettings {
+        factor,
+        min_insync,
+        explicit,
+        zone,
+    })
 }
 
 impl FileSettings {
@@ -430,6 +504,11 @@ impl Settings {
                 format!("{leave_timeout_ms} ms is not in 100..=3600000"),
             ));
         }
+        let replication = resolve_replication(
+            args.replication_factor.or(file.replication_factor),
+            args.min_insync.or(file.min_insync),
+            args.zone.or(file.zone),
+        )?;
         let node_id_for_mqtt = node_id.clone();
         let data_dir = args
             .data_dir
@@ -469,6 +548,7 @@ impl Settings {
                 args.mqtt_ordered_in_flight.or(file.mqtt_ordered_in_flight),
                 &node_id_for_mqtt,
             )?,
+            replication,
         })
     }
 }
@@ -648,6 +728,62 @@ mod tests {
         };
         let err = Settings::merge(zero, file("")).unwrap_err();
         assert!(err.to_string().contains("ordered_max_in_flight"), "{err}");
+    }
+
+    #[test]
+    fn replication_defaults_and_flags() {
+        let settings = Settings::merge(args("n1"), FileSettings::default()).unwrap();
+        assert_eq!(
+            settings.replication,
+            ReplicationSettings {
+                factor: 3,
+                min_insync: 2,
+                explicit: false,
+                zone: String::new()
+            }
+        );
+        let one = resolve_replication(Some(1), None, None).unwrap();
+        assert_eq!((one.factor, one.min_insync, one.explicit), (1, 1, true));
+        let file = FileSettings::parse(
+            Path::new("t.toml"),
+            "replication_factor = 5\nmin_insync = 3\nzone = \"eu-1a\"\n",
+        )
+        .unwrap();
+        let settings = Settings::merge(args("n1"), file).unwrap();
+        assert_eq!(settings.replication.factor, 5);
+        assert_eq!(settings.replication.min_insync, 3);
+        assert_eq!(settings.replication.zone, "eu-1a");
+    }
+
+    #[test]
+    fn bad_replication_flags_are_explained() {
+        let message = |factor, min_insync, zone: Option<&str>| {
+            resolve_replication(factor, min_insync, zone.map(str::to_string))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            message(Some(0), None, None),
+            "invalid replication factor: 0 is not in 1..=7 (1 keeps a single copy of each partition)"
+        );
+        assert_eq!(
+            message(Some(8), None, None),
+            "invalid replication factor: 8 is not in 1..=7 (1 keeps a single copy of each partition)"
+        );
+        assert_eq!(
+            message(Some(3), Some(4), None),
+            "invalid min-insync: 4 is not in 1..=3: at least 1 and at most the replication factor"
+        );
+        assert_eq!(
+            message(None, Some(0), None),
+            "invalid min-insync: 0 is not in 1..=3: at least 1 and at most the replication factor"
+        );
+        assert!(message(None, None, Some("eu 1")).starts_with("invalid zone: "));
+        let flags = StartArgs {
+            replication_factor: Some(0),
+            ..args("n1")
+        };
+        assert!(Settings::merge(flags, FileSettings::default()).is_err());
     }
 
     #[test]
