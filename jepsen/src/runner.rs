@@ -71,21 +71,12 @@ pub struct TestConfig {
     pub bin_dir: PathBuf,
     /// The nodes' failover timeout (`--failover-timeout-ms` of every node).
     pub failover_timeout: Duration,
-    /// G5 bound: by default [`g5_bound`] of the failover timeout.
+    /// G5 bound: by default [`suite::G5Bound::bound`] of the failover timeout.
     pub failover_bound: Duration,
     /// Keep node data directories after the run.
     pub keep_data: bool,
     /// `ROUTEMQ_LOG` of the nodes.
     pub log_filter: String,
-}
-
-/// What G5 allows beyond the failover timeout: detection and the move of ownership.
-pub const G5_SLACK: Duration = Duration::from_secs(2);
-
-/// The default G5 bound of a cluster whose nodes fail over after `failover_timeout`: that
-/// timeout plus [`G5_SLACK`] (issue 12's bound; it was a fixed 10 s before).
-pub fn g5_bound(failover_timeout: Duration) -> Duration {
-    failover_timeout + G5_SLACK
 }
 
 impl TestConfig {
@@ -581,7 +572,13 @@ fn analyse(cfg: &TestConfig, dir: &Path, run: Run, started: std::time::Instant) 
     let checks: Vec<Judged> = results
         .into_iter()
         .map(|r| {
-            let exp = suite::expectation(cfg.workload, cfg.nemesis, cfg.workload_cfg.local_reads, &r.id);
+            let exp = suite::expectation(
+                cfg.workload,
+                cfg.nemesis,
+                cfg.workload_cfg.local_reads,
+                cfg.failover_bound,
+                &r.id,
+            );
             Judged {
                 expected: match exp {
                     Expectation::Pass => "pass".into(),
@@ -664,12 +661,6 @@ fn counts_by_f(ops: &[history::Op]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_g5_bound_is_the_failover_timeout_plus_two_seconds() {
-        assert_eq!(g5_bound(Duration::from_millis(2500)), Duration::from_millis(4500));
-        assert_eq!(g5_bound(Duration::from_secs(8)), Duration::from_secs(10));
-    }
 
     #[test]
     fn timestamps_are_utc() {
