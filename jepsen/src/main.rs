@@ -299,7 +299,7 @@ fn cell(o: &Outcome, id: &str) -> String {
             d["longest_windows"][0]["length_s"].as_f64().unwrap_or(0.0)
         ),
         "offsets-stable" if c.result.verdict.is_failure() => format!(
-            "{} offsets renumbered in {} keys",
+            "{} offset conflicts in {} keys",
             d["conflicts"], d["keys_with_conflicts"]
         ),
         _ => String::new(),
