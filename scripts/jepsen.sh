@@ -3,7 +3,7 @@
 # its own network namespace on a private bridge, faults injected, every operation checked.
 #
 #   sudo scripts/jepsen.sh smoke                 # the CI smoke (~3.5 min): exit 1 on a regression
-#   sudo scripts/jepsen.sh matrix                # every workload x nemesis, 60 s each (~30 min)
+#   sudo scripts/jepsen.sh matrix                # every workload x nemesis, 60 s each (~35 min)
 #   sudo scripts/jepsen.sh test --workload register --nemesis partition-majority --time-limit 60
 #   scripts/jepsen.sh check jepsen/store/<test>/<time>   # re-check a stored run (no root needed)
 #   sudo scripts/jepsen.sh teardown              # remove leftovers of a run that was killed

@@ -38,6 +38,8 @@ pub struct ClusterSpec {
     pub log_dir: PathBuf,
     /// Partitions of the ring (power of two).
     pub partitions: u32,
+    /// Every node's `--failover-timeout-ms` (the harness sets it, so G5's bound follows it).
+    pub failover_timeout: Duration,
     /// `ROUTEMQ_LOG` filter for the nodes.
     pub log_filter: String,
 }
@@ -200,7 +202,11 @@ impl Cluster {
             .args(["--gossip", &layout.gossip(node)])
             .args(["--http", &layout.http(node)])
             .arg("--data-dir")
-            .arg(&data_dir);
+            .arg(&data_dir)
+            .args([
+                "--failover-timeout-ms",
+                &self.spec.failover_timeout.as_millis().to_string(),
+            ]);
         match mode {
             StartMode::Bootstrap => {
                 cmd.args(["--bootstrap", "--partitions", &self.spec.partitions.to_string()]);
@@ -274,6 +280,29 @@ impl Cluster {
             let _ = timeout(Duration::from_secs(10), child.wait()).await;
         }
         p.paused = false;
+        Ok(())
+    }
+
+    /// kill -9 of every node in `nodes` at once (all signalled before any is reaped, so none
+    /// sees another go first), then waits for each process to go.
+    pub async fn kill_at_once(&mut self, nodes: &[String]) -> Result<()> {
+        let mut children = Vec::new();
+        for node in nodes {
+            let Some(p) = self.nodes.get_mut(node) else {
+                bail!("unknown node {node}")
+            };
+            if let Some(mut child) = p.child.take() {
+                let _ = child.start_kill();
+                children.push(child);
+            }
+            p.paused = false;
+        }
+        for node in nodes {
+            self.log(node, "kill -9 (together with the other targets)");
+        }
+        for mut child in children {
+            let _ = timeout(Duration::from_secs(10), child.wait()).await;
+        }
         Ok(())
     }
 

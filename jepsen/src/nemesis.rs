@@ -10,6 +10,8 @@
 //! | `partition-leader` | the current Raft leader cut off | " |
 //! | `kill-one`, `kill-leader`, `kill-minority` | kill -9 of one random node, the leader, or 2 random nodes | restart with the same data directory |
 //! | `pause-one`, `pause-leader` | SIGSTOP of a node (for the whole fault window, longer than any failover timeout) | SIGCONT |
+//! | `kill-wipe-one` | kill -9 of one random node and deletion of its data directory (still a member: no `RemoveNode`) | restart with the same node id, an empty data directory and `--seed`: a new incarnation of the node |
+//! | `kill-two` | kill -9 of two random nodes at once (both signalled before either is reaped), whatever the cluster size | restart both with their data directories |
 //! | `membership` | `Cluster.RemoveNode` of a random node, kill -9, wipe its data directory | restart it with an empty data directory and `--seed`: it joins again |
 //! | `combined` | each window one of the above, at random | its own heal |
 //!
@@ -22,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use serde_json::{json, Value};
@@ -53,6 +55,10 @@ pub enum NemesisKind {
     KillLeader,
     /// kill -9 a minority.
     KillMinority,
+    /// kill -9 one node and wipe its data directory; it comes back empty under its old id.
+    KillWipeOne,
+    /// kill -9 two nodes at once.
+    KillTwo,
     /// SIGSTOP one node.
     PauseOne,
     /// SIGSTOP the leader.
@@ -65,7 +71,7 @@ pub enum NemesisKind {
 
 impl NemesisKind {
     /// Every nemesis, in matrix order.
-    pub const ALL: [NemesisKind; 13] = [
+    pub const ALL: [NemesisKind; 15] = [
         NemesisKind::None,
         NemesisKind::PartitionOne,
         NemesisKind::PartitionMajority,
@@ -75,6 +81,8 @@ impl NemesisKind {
         NemesisKind::KillOne,
         NemesisKind::KillLeader,
         NemesisKind::KillMinority,
+        NemesisKind::KillWipeOne,
+        NemesisKind::KillTwo,
         NemesisKind::PauseOne,
         NemesisKind::PauseLeader,
         NemesisKind::Membership,
@@ -93,6 +101,8 @@ impl NemesisKind {
             NemesisKind::KillOne => "kill-one",
             NemesisKind::KillLeader => "kill-leader",
             NemesisKind::KillMinority => "kill-minority",
+            NemesisKind::KillWipeOne => "kill-wipe-one",
+            NemesisKind::KillTwo => "kill-two",
             NemesisKind::PauseOne => "pause-one",
             NemesisKind::PauseLeader => "pause-leader",
             NemesisKind::Membership => "membership",
@@ -194,6 +204,42 @@ pub fn reachable(nodes: &[String], grudge: &Grudge) -> BTreeMap<String, BTreeSet
         .collect()
 }
 
+// ---- kill plans (pure) ---------------------------------------------------------------
+
+/// Which nodes a kill nemesis kills and what it does to their data directories.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KillPlan {
+    /// The nodes to kill -9, sorted.
+    pub targets: Vec<String>,
+    /// Signal every target before reaping any (a simultaneous crash), instead of one by one.
+    pub at_once: bool,
+    /// Delete the targets' data directories after the kill: they restart empty under their
+    /// old node ids (a new incarnation).
+    pub wipe: bool,
+}
+
+/// The kill plan of `kind` over `nodes` (`None`: not a kill nemesis, or `kill-leader`, whose
+/// target is asked of the cluster). Random choices come from `rng` only, so a seed replays
+/// the same plan.
+pub fn kill_plan(kind: NemesisKind, nodes: &[String], rng: &mut StdRng) -> Option<KillPlan> {
+    let (count, at_once, wipe) = match kind {
+        NemesisKind::KillOne => (1, false, false),
+        NemesisKind::KillMinority => (nodes.len().saturating_sub(1) / 2, false, false),
+        NemesisKind::KillWipeOne => (1, false, true),
+        NemesisKind::KillTwo => (2, true, false),
+        _ => return None,
+    };
+    let mut targets = nodes.to_vec();
+    targets.shuffle(rng);
+    targets.truncate(count.min(nodes.len()));
+    targets.sort();
+    Some(KillPlan {
+        targets,
+        at_once,
+        wipe,
+    })
+}
+
 // ---- the nemesis (I/O) ----------------------------------------------------------------
 
 /// What is broken right now, so it can be healed.
@@ -201,6 +247,7 @@ pub fn reachable(nodes: &[String], grudge: &Grudge) -> BTreeMap<String, BTreeSet
 enum Active {
     Partition,
     Killed(Vec<String>),
+    Wiped(Vec<String>),
     Paused(Vec<String>),
     Removed(String),
 }
@@ -353,21 +400,37 @@ impl Nemesis {
                 self.partition(bridge(&order))?;
                 Ok(json!({"fault": name, "bridge": bridge_node, "order": order, "grudge": self.grudge}))
             }
-            NemesisKind::KillOne | NemesisKind::KillMinority | NemesisKind::KillLeader => {
-                let (targets, known) = match kind {
-                    NemesisKind::KillOne => (self.random_nodes(1), true),
-                    NemesisKind::KillMinority => (self.random_nodes(nodes.len().saturating_sub(1) / 2), true),
-                    _ => {
-                        let (l, known) = self.leader_or_random().await;
-                        (vec![l], known)
+            NemesisKind::KillLeader => {
+                let (target, known) = self.leader_or_random().await;
+                self.cluster.kill(&target).await?;
+                self.down.insert(target.clone());
+                self.active = Some(Active::Killed(vec![target.clone()]));
+                Ok(json!({"fault": name, "killed": [target], "leader_known": known}))
+            }
+            NemesisKind::KillOne
+            | NemesisKind::KillMinority
+            | NemesisKind::KillWipeOne
+            | NemesisKind::KillTwo => {
+                let plan =
+                    kill_plan(kind, &nodes, &mut self.rng).context("a kill nemesis has a kill plan")?;
+                let targets = plan.targets.clone();
+                if plan.at_once {
+                    self.cluster.kill_at_once(&targets).await?;
+                } else {
+                    for t in &targets {
+                        self.cluster.kill(t).await?;
                     }
-                };
-                for t in &targets {
-                    self.cluster.kill(t).await?;
-                    self.down.insert(t.clone());
                 }
-                self.active = Some(Active::Killed(targets.clone()));
-                Ok(json!({"fault": name, "killed": targets, "leader_known": known}))
+                self.down.extend(targets.iter().cloned());
+                if plan.wipe {
+                    for t in &targets {
+                        self.cluster.wipe(t)?;
+                    }
+                    self.active = Some(Active::Wiped(targets.clone()));
+                } else {
+                    self.active = Some(Active::Killed(targets.clone()));
+                }
+                Ok(json!({"fault": name, "killed": targets, "at_once": plan.at_once, "wiped": plan.wipe}))
             }
             NemesisKind::PauseOne | NemesisKind::PauseLeader => {
                 let (target, known) = if kind == NemesisKind::PauseOne {
@@ -444,6 +507,21 @@ impl Nemesis {
                 }
                 Ok(
                     json!({"restarted": nodes, "ready": ready.is_ok(), "ready_error": ready.err().map(|e| e.to_string())}),
+                )
+            }
+            Active::Wiped(nodes) => {
+                // Same node id, empty data directory, seeds: the node must come back as a new
+                // incarnation (it holds nothing of what its previous life acknowledged).
+                for n in &nodes {
+                    self.cluster.start_node(n, StartMode::Join)?;
+                }
+                let ready = self.cluster.wait_ready(&nodes, Duration::from_secs(30)).await;
+                for n in &nodes {
+                    self.down.remove(n);
+                }
+                Ok(
+                    json!({"restarted": nodes, "fresh_data_dir": true, "ready": ready.is_ok(),
+                          "ready_error": ready.err().map(|e| e.to_string())}),
                 )
             }
             Active::Removed(node) => {
@@ -557,5 +635,91 @@ mod tests {
         assert_eq!(r["n3"].len(), 5);
         assert_eq!(r["n1"], BTreeSet::from(["n1".into(), "n2".into(), "n3".into()]));
         assert!(!r["n1"].contains("n4"));
+    }
+
+    fn rng(seed: u64) -> StdRng {
+        use rand::SeedableRng;
+        StdRng::seed_from_u64(seed)
+    }
+
+    #[test]
+    fn kill_two_kills_two_distinct_nodes_at_once_and_keeps_their_data() {
+        for seed in 0..50 {
+            let plan = kill_plan(NemesisKind::KillTwo, &five(), &mut rng(seed)).unwrap();
+            assert_eq!(plan.targets.len(), 2, "{plan:?}");
+            assert_ne!(plan.targets[0], plan.targets[1]);
+            assert!(plan.targets.iter().all(|t| five().contains(t)));
+            assert!(plan.at_once && !plan.wipe);
+        }
+        // Two of five whatever the seed, and every pair comes up.
+        let pairs: BTreeSet<Vec<String>> = (0..200)
+            .map(|s| {
+                kill_plan(NemesisKind::KillTwo, &five(), &mut rng(s))
+                    .unwrap()
+                    .targets
+            })
+            .collect();
+        assert_eq!(pairs.len(), 10, "{pairs:?}");
+    }
+
+    #[test]
+    fn kill_wipe_one_kills_one_node_and_wipes_it() {
+        let plan = kill_plan(NemesisKind::KillWipeOne, &five(), &mut rng(7)).unwrap();
+        assert_eq!(plan.targets.len(), 1);
+        assert!(plan.wipe && !plan.at_once);
+        let chosen: BTreeSet<String> = (0..100)
+            .flat_map(|s| {
+                kill_plan(NemesisKind::KillWipeOne, &five(), &mut rng(s))
+                    .unwrap()
+                    .targets
+            })
+            .collect();
+        assert_eq!(chosen.len(), 5, "every node gets wiped some time: {chosen:?}");
+    }
+
+    #[test]
+    fn kill_plans_replay_with_the_seed_and_only_kill_nemeses_have_one() {
+        for kind in [
+            NemesisKind::KillOne,
+            NemesisKind::KillMinority,
+            NemesisKind::KillWipeOne,
+            NemesisKind::KillTwo,
+        ] {
+            assert_eq!(
+                kill_plan(kind, &five(), &mut rng(42)),
+                kill_plan(kind, &five(), &mut rng(42))
+            );
+        }
+        let minority = kill_plan(NemesisKind::KillMinority, &five(), &mut rng(1)).unwrap();
+        assert_eq!(
+            (minority.targets.len(), minority.at_once, minority.wipe),
+            (2, false, false)
+        );
+        let one = kill_plan(NemesisKind::KillOne, &five(), &mut rng(1)).unwrap();
+        assert_eq!((one.targets.len(), one.wipe), (1, false));
+        for kind in [
+            NemesisKind::None,
+            NemesisKind::KillLeader,
+            NemesisKind::PauseOne,
+            NemesisKind::Membership,
+        ] {
+            assert_eq!(kill_plan(kind, &five(), &mut rng(1)), None, "{kind:?}");
+        }
+        // Never more targets than nodes.
+        let two_of_one = kill_plan(NemesisKind::KillTwo, &five()[..1], &mut rng(1)).unwrap();
+        assert_eq!(two_of_one.targets.len(), 1);
+    }
+
+    #[test]
+    fn the_new_nemeses_are_in_the_matrix_and_drawn_by_combined() {
+        for kind in [NemesisKind::KillWipeOne, NemesisKind::KillTwo] {
+            assert!(NemesisKind::ALL.contains(&kind));
+            assert_eq!(NemesisKind::from_name(kind.name()), Some(kind));
+        }
+        assert_eq!(
+            NemesisKind::from_name("kill-wipe-one"),
+            Some(NemesisKind::KillWipeOne)
+        );
+        assert_eq!(NemesisKind::from_name("kill-two"), Some(NemesisKind::KillTwo));
     }
 }

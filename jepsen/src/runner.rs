@@ -69,7 +69,9 @@ pub struct TestConfig {
     pub store: PathBuf,
     /// Directory with `routemq`.
     pub bin_dir: PathBuf,
-    /// G5 bound: the failover timeout plus a small bound.
+    /// The nodes' failover timeout (`--failover-timeout-ms` of every node).
+    pub failover_timeout: Duration,
+    /// G5 bound: by default [`suite::G5Bound::bound`] of the failover timeout.
     pub failover_bound: Duration,
     /// Keep node data directories after the run.
     pub keep_data: bool,
@@ -273,6 +275,7 @@ async fn run_phases(cfg: &TestConfig, dir: &Path, nodes_dir: &Path, data_dir: &P
             data_dir: data_dir.to_path_buf(),
             log_dir: nodes_dir.to_path_buf(),
             partitions: cfg.partitions,
+            failover_timeout: cfg.failover_timeout,
             log_filter: cfg.log_filter.clone(),
         },
     )?;
@@ -520,6 +523,10 @@ pub fn check_history(input: &CheckInput<'_>) -> Vec<CheckResult> {
             out.push(na("G3", "per (key, producer) order in every journal read"));
             out.push(na("G4", "acknowledged messages present after final reads"));
             out.push(na("G5", "partitions available again within the failover bound"));
+            out.push(na(
+                "offsets-stable",
+                "no journal offset holds two different messages across reads",
+            ));
         }
         WorkloadKind::OrderedStream => {
             out.push(na("G1", "config register linearizable (per key, WGL)"));
@@ -532,6 +539,7 @@ pub fn check_history(input: &CheckInput<'_>) -> Vec<CheckResult> {
                 failover_bound.as_nanos() as u64,
                 end_of_run_ns,
             ));
+            out.push(checker::stream::check_offsets(ops));
         }
     }
     out.push(checker::logs::check_panics_and_exits(
@@ -564,7 +572,13 @@ fn analyse(cfg: &TestConfig, dir: &Path, run: Run, started: std::time::Instant) 
     let checks: Vec<Judged> = results
         .into_iter()
         .map(|r| {
-            let exp = suite::expectation(cfg.workload, cfg.nemesis, cfg.workload_cfg.local_reads, &r.id);
+            let exp = suite::expectation(
+                cfg.workload,
+                cfg.nemesis,
+                cfg.workload_cfg.local_reads,
+                cfg.failover_bound,
+                &r.id,
+            );
             Judged {
                 expected: match exp {
                     Expectation::Pass => "pass".into(),
@@ -614,6 +628,7 @@ fn analyse(cfg: &TestConfig, dir: &Path, run: Run, started: std::time::Instant) 
             "think_ms": cfg.workload_cfg.think.as_millis() as u64, "partitions": cfg.partitions,
             "local_reads": cfg.workload_cfg.local_reads, "mqtt_producers": cfg.workload_cfg.mqtt_producers,
             "nodes": cfg.nodes, "seed": cfg.seed, "failover_bound_s": cfg.failover_bound.as_secs_f64(),
+            "failover_timeout_s": cfg.failover_timeout.as_secs_f64(),
         },
         "binary": run.binary,
         "counts": outcome.counts,

@@ -7,6 +7,7 @@
 //! | G3 | per (key, producer) sequence numbers strictly increasing in every journal read | [`stream`] |
 //! | G4 | every acknowledged message present after the final reads; duplicates; recovered | [`stream`] |
 //! | G5 | per-partition unavailability windows against the failover bound | [`stream`] |
+//! | offsets-stable | no journal offset holds two different messages across reads | [`stream`] |
 //! | panics | no node log contains `panicked` | [`logs`] |
 //!
 //! Verdicts: `pass`, `fail`, `unknown` (the checker could not decide, e.g. the search budget

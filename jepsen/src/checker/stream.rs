@@ -23,6 +23,10 @@
 //! - G2 ([`check_split_brain`]): processing records grouped per partition by (node, epoch)
 //!   into intervals [first, last processing time]; a violation is one partition processed at one
 //!   epoch by two nodes, or two nodes' intervals overlapping in time.
+//! - `offsets-stable` ([`check_offsets`]): across every journal read of a key (during the run
+//!   and final), no offset ever holds two different messages ([`Finding::OffsetConflict`] of
+//!   [`journal_check::check`] over all of the key's reads): an offset a reader has seen means
+//!   the same message forever.
 //! - G5 ([`check_availability`]): per partition, windows in which publishes by clients bound to
 //!   majority-connected nodes got no `ok`. A window runs from the first failing invocation to
 //!   the latest end of a failing operation before the next `ok`: the span in which the
@@ -351,6 +355,85 @@ pub fn check_delivery(ops: &[Op]) -> CheckResult {
         summary,
         json!({"counts": counts, "lost": lost, "duplicates": duplicates,
                "failed_but_present": failed_present, "unexpected": unexpected, "keys_unread": unread}),
+    )
+}
+
+/// `offsets-stable`: no offset of a key's journal holds two different messages across all
+/// reads of that key (during the run and final). Judged by [`journal_check::check`] on every
+/// ok read of the key at once; only its [`Finding::OffsetConflict`]s count here (order, loss
+/// and duplicates are G3's and G4's).
+pub fn check_offsets(ops: &[Op]) -> CheckResult {
+    const ID: &str = "offsets-stable";
+    const NAME: &str = "no journal offset holds two different messages across reads";
+    let reads = journal_reads(ops);
+    if reads.is_empty() {
+        return not_run(ID, NAME, ops, "no journal read succeeded");
+    }
+    let mut by_key: BTreeMap<String, Vec<(Op, Vec<Record>)>> = BTreeMap::new();
+    for (read, recs) in reads {
+        by_key
+            .entry(read.key.clone().unwrap_or_default())
+            .or_default()
+            .push((read, recs));
+    }
+    let (mut keys_compared, mut n_reads, mut conflicts) = (0usize, 0usize, 0usize);
+    let mut keys_with_conflicts = 0usize;
+    let mut examples = Vec::new();
+    for (key, key_reads) in &by_key {
+        n_reads += key_reads.len();
+        if key_reads.len() < 2 {
+            continue;
+        }
+        keys_compared += 1;
+        let journal: Vec<Vec<Entry>> = key_reads
+            .iter()
+            .map(|(_, recs)| recs.iter().map(check_entry).collect())
+            .collect();
+        let report = journal_check::check(Expected::AtLeast(&[]), &journal);
+        let before = conflicts;
+        for finding in &report.findings {
+            let Finding::OffsetConflict { offset, first, other } = finding else {
+                continue;
+            };
+            conflicts += 1;
+            if examples.len() < MAX_LISTED {
+                let side = |at: At| {
+                    let (read, recs) = &key_reads[at.read];
+                    let r = &recs[at.index];
+                    json!({"read_op": read.index, "f": read.f, "at_s": read.time as f64 / 1e9,
+                           "id": r.id, "by": r.by, "epoch": r.epoch})
+                };
+                examples.push(
+                    json!({"key": key, "offset": offset, "first": side(*first), "other": side(*other)}),
+                );
+            }
+        }
+        if conflicts > before {
+            keys_with_conflicts += 1;
+        }
+    }
+    if keys_compared == 0 {
+        return not_run(ID, NAME, ops, "no key was read twice: nothing to compare");
+    }
+    let verdict = if conflicts > 0 {
+        Verdict::Fail
+    } else {
+        Verdict::Pass
+    };
+    let summary = if conflicts > 0 {
+        format!(
+            "{conflicts} entries hold another message than an earlier read at the same offset, in {keys_with_conflicts} of {keys_compared} keys"
+        )
+    } else {
+        format!("{n_reads} reads of {keys_compared} keys compared, every offset kept its message")
+    };
+    CheckResult::new(
+        ID,
+        NAME,
+        verdict,
+        summary,
+        json!({"reads": n_reads, "keys_compared": keys_compared, "conflicts": conflicts,
+               "keys_with_conflicts": keys_with_conflicts, "examples": examples}),
     )
 }
 

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use super::stream::{
-    check_availability, check_delivery, check_order, check_split_brain, message_id, parse_message_id,
+    check_availability, check_delivery, check_offsets, check_order, check_split_brain, message_id,
+    parse_message_id,
 };
 use super::wgl::Budget;
 use super::{logs, register, Verdict};
@@ -465,4 +466,83 @@ fn g5_judges_the_span_seen_failing_not_the_gap_until_someone_tries_again() {
     assert_eq!(ten.details["longest_windows"][0]["next_ok_s"], json!(41.0));
     let two = check_availability(&ops, &nodes, 2 * s, 50 * s);
     assert_eq!(two.verdict, Verdict::Fail, "a 3 s window breaks a 2 s bound");
+}
+
+#[test]
+fn offsets_that_keep_their_messages_pass() {
+    let ops = good_stream().ops();
+    let r = check_offsets(&ops);
+    assert_eq!(r.verdict, Verdict::Pass, "{r:#?}");
+    assert_eq!(r.details["keys_compared"], json!(1));
+    assert_eq!(r.details["conflicts"], json!(0));
+}
+
+#[test]
+fn a_history_merged_back_in_front_shifts_offsets_and_is_caught() {
+    // Read during the run: offsets 0, 1. After a failover and the merge of the old owner's
+    // history, the final read has a new message at offset 0 and the old ones one further.
+    let s = Stream::new();
+    s.publish("k1", 0, 1, "n1", OpKind::Ok);
+    s.publish("k1", 0, 2, "n1", OpKind::Ok);
+    s.publish("k1", 1, 1, "n2", OpKind::Ok);
+    s.read(
+        "read-journal",
+        "k1",
+        &[("k1:0:1", "n1", 3, 100), ("k1:0:2", "n1", 3, 110)],
+    );
+    s.read(
+        "final-read",
+        "k1",
+        &[
+            ("k1:1:1", "n2", 4, 105),
+            ("k1:0:1", "n1", 3, 100),
+            ("k1:0:2", "n1", 3, 110),
+        ],
+    );
+    let ops = s.ops();
+    let r = check_offsets(&ops);
+    assert_eq!(r.verdict, Verdict::Fail, "{r:#?}");
+    assert_eq!(r.details["conflicts"], json!(2));
+    assert_eq!(r.details["keys_with_conflicts"], json!(1));
+    let ex = &r.details["examples"][0];
+    assert_eq!((ex["key"].clone(), ex["offset"].clone()), (json!("k1"), json!(0)));
+    assert_eq!(ex["first"]["id"], json!("k1:0:1"));
+    assert_eq!(ex["other"]["id"], json!("k1:1:1"));
+    assert_eq!(ex["other"]["f"], json!("final-read"));
+    // The other checkers do not see it: order and delivery are intact.
+    assert_eq!(check_order(&ops).verdict, Verdict::Pass);
+    assert_eq!(check_delivery(&ops).verdict, Verdict::Pass);
+}
+
+#[test]
+fn a_new_owner_starting_empty_reuses_offsets_and_is_caught() {
+    // A failover to an owner without the history: offset 0 is given to a new message.
+    let s = Stream::new();
+    s.publish("k1", 0, 1, "n1", OpKind::Ok);
+    s.publish("k1", 0, 2, "n3", OpKind::Ok);
+    s.read("read-journal", "k1", &[("k1:0:1", "n1", 3, 100)]);
+    s.read("read-journal", "k1", &[("k1:0:2", "n3", 4, 200)]);
+    let r = check_offsets(&s.ops());
+    assert_eq!(r.verdict, Verdict::Fail, "{r:#?}");
+    assert_eq!(r.details["conflicts"], json!(1));
+    // Only across reads of the same key: another key's offsets are its own.
+    let s = Stream::new();
+    s.publish("k1", 0, 1, "n1", OpKind::Ok);
+    s.publish("k2", 0, 1, "n1", OpKind::Ok);
+    s.read("read-journal", "k1", &[("k1:0:1", "n1", 3, 100)]);
+    s.read("read-journal", "k2", &[("k2:0:1", "n1", 3, 100)]);
+    s.read("final-read", "k1", &[("k1:0:1", "n1", 3, 100)]);
+    s.read("final-read", "k2", &[("k2:0:1", "n1", 3, 100)]);
+    assert_eq!(check_offsets(&s.ops()).verdict, Verdict::Pass);
+}
+
+#[test]
+fn offsets_are_not_run_without_two_reads_of_a_key() {
+    let s = Stream::new();
+    s.publish("k1", 0, 1, "n1", OpKind::Ok);
+    assert_eq!(check_offsets(&s.ops()).verdict, Verdict::NotRun);
+    s.read("final-read", "k1", &[("k1:0:1", "n1", 3, 100)]);
+    let r = check_offsets(&s.ops());
+    assert_eq!(r.verdict, Verdict::NotRun, "{r:#?}");
+    assert!(!r.verdict.is_failure());
 }
