@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod node;
 pub mod ownership;
+pub mod peer;
 pub mod processor;
 pub mod ring;
 pub mod routes;

@@ -41,12 +41,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::guard::{AfterPeerClose, TakeoverGuard};
-use crate::backoff::Backoff;
 use super::message_id::{generated_message_id, payload_message_id};
 use super::plan::{validate_topic_name, ConnSpec, SubscriptionMode};
 use super::settings::IngressSettings;
 use super::status::{ConnMetrics, ConnectionStatus, StatusRegistry};
 use super::window::{Finish, OrderedWindow, Slot};
+use crate::backoff::Backoff;
 use crate::message::{Accepted, Dispatch, InboundMessage, OrderedHold, PublishError};
 
 /// Capacity of rumqttc's request channel (acks, subscribe, disconnect).
