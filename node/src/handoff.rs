@@ -103,49 +103,72 @@ pub async fn fetch_loop_via(
     let mut changes = fence.lease_valid(); // any wake-up source; the tick does the rest
     let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(250));
     loop {
-        let (partitions, peers, epoch) = fence.fetch_plan();
-        if partitions.is_empty() {
-            return_orphans(&*network, &fence, &*config, &journal, &node_id).await;
-            backoff.reset();
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = changes.changed() => {}
-                _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+        let pass = tokio::select! {
+            _ = cancel.cancelled() => return,
+            pass = fetch_once(&*network, &fence, &*config, &journal, &node_id) => pass,
+        };
+        let delay = match pass {
+            None => {
+                backoff.reset();
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = changes.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+                }
+                continue;
             }
-            continue;
-        }
-        let started = Instant::now();
-        let view = config.local_view();
-        let addrs: BTreeMap<String, Option<String>> = peers
-            .iter()
-            .map(|p| {
-                (
-                    p.clone(),
-                    view.state.config.members.get(p).map(|m| m.grpc_addr.clone()),
-                )
-            })
-            .collect();
-        let mut progressed = 0usize;
-        for batch in partitions.chunks(FETCH_BATCH) {
-            let round = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = fetch_round(&*network, &node_id, epoch, batch, &addrs) => r,
-            };
-            progressed += apply_round(&fence, &journal, batch, round).await;
-        }
-        if progressed > 0 {
-            tracing::info!(
-                partitions = progressed,
-                took = ?started.elapsed(),
-                "handoff: partitions fetched and activated"
-            );
-            backoff.reset();
-        }
+            Some(0) => backoff.next_delay(),
+            Some(_) => {
+                backoff.reset();
+                backoff.next_delay()
+            }
+        };
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// One pass of the fetch loop: with nothing to fetch, gives orphaned history back and returns
+/// `None`; otherwise asks every member once about every partition being fetched, imports what
+/// the answers allow, and returns how many partitions became active.
+pub async fn fetch_once(
+    network: &dyn PeerNetwork,
+    fence: &Arc<Fence>,
+    config: &dyn ConfigSource,
+    journal: &Journal,
+    node_id: &str,
+) -> Option<usize> {
+    let (partitions, peers, epoch) = fence.fetch_plan();
+    if partitions.is_empty() {
+        return_orphans(network, fence, config, journal, node_id).await;
+        return None;
+    }
+    let started = Instant::now();
+    let view = config.local_view();
+    let addrs: BTreeMap<String, Option<String>> = peers
+        .iter()
+        .map(|p| {
+            (
+                p.clone(),
+                view.state.config.members.get(p).map(|m| m.grpc_addr.clone()),
+            )
+        })
+        .collect();
+    let mut progressed = 0usize;
+    for batch in partitions.chunks(FETCH_BATCH) {
+        let round = fetch_round(network, node_id, epoch, batch, &addrs).await;
+        progressed += apply_round(fence, journal, batch, round).await;
+    }
+    if progressed > 0 {
+        tracing::info!(
+            partitions = progressed,
+            took = ?started.elapsed(),
+            "handoff: partitions fetched and activated"
+        );
+    }
+    Some(progressed)
 }
 
 /// Answers and data of one round, per partition and member.
