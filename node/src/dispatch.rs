@@ -490,7 +490,7 @@ impl Dispatcher {
             // Only a node that holds the partition's newest data may answer: the active owner,
             // or the old owner while it drains. Anyone else would serve a partial history.
             if let Err(why) = readable {
-                return Err(ReadError::Unavailable(why));
+                return Err(ReadError::Unavailable(why.to_string()));
             }
         }
         let local = readable.is_ok() || owner.is_none();

@@ -76,19 +76,19 @@ impl LeaseSettings {
 /// after a restart the node knows which copies it holds and how new they are.
 pub trait CopyRecorder: Send + Sync {
     /// Records `(partition, version)` pairs durably.
-    fn record(&self, versions: &[(u32, u64)]) -> Result<(), String>;
+    fn record(&self, versions: &[(u32, u64)]) -> Result<(), crate::journal::JournalError>;
     /// Forgets every record: the node left gracefully and each new owner confirmed its copy,
     /// so after a restart nothing here is to be offered or given back.
-    fn forget_all(&self) -> Result<(), String>;
+    fn forget_all(&self) -> Result<(), crate::journal::JournalError>;
 }
 
 impl CopyRecorder for crate::journal::Journal {
-    fn record(&self, versions: &[(u32, u64)]) -> Result<(), String> {
-        self.record_held(versions).map_err(|e| e.to_string())
+    fn record(&self, versions: &[(u32, u64)]) -> Result<(), crate::journal::JournalError> {
+        self.record_held(versions)
     }
 
-    fn forget_all(&self) -> Result<(), String> {
-        self.forget_held().map_err(|e| e.to_string())
+    fn forget_all(&self) -> Result<(), crate::journal::JournalError> {
+        self.forget_held()
     }
 }
 
@@ -104,6 +104,29 @@ impl State {
     fn lease_valid_now(&self) -> bool {
         self.lease.status(now(), self.ownership.epoch()) == LeaseStatus::Valid
     }
+}
+
+/// Why this node may not answer a journal read of a partition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReadable {
+    /// The partition's data is on its way here.
+    #[error("partition {partition} is being handed over to {node}; retry shortly")]
+    Fetching {
+        /// The partition.
+        partition: u32,
+        /// This node.
+        node: String,
+    },
+    /// This node does not hold the partition's newest data.
+    #[error("{node} does not hold partition {partition} at epoch {epoch}")]
+    NotHeld {
+        /// The partition.
+        partition: u32,
+        /// This node.
+        node: String,
+        /// The epoch it last observed.
+        epoch: u64,
+    },
 }
 
 /// This node's fence.
@@ -289,19 +312,19 @@ impl Fence {
     }
 
     /// Whether this node holds the newest data of `partition` (it may answer journal reads).
-    pub fn readable(&self, partition: u32) -> Result<(), String> {
+    pub fn readable(&self, partition: u32) -> Result<(), NotReadable> {
         let state = self.lock();
         match state.ownership.slot(partition).map(|s| s.phase) {
             Some(Phase::Active) | Some(Phase::Draining) => Ok(()),
-            Some(Phase::Fetching) => Err(format!(
-                "partition {partition} is being handed over to {}; retry shortly",
-                self.node_id
-            )),
-            _ => Err(format!(
-                "{} does not hold partition {partition} at epoch {}",
-                self.node_id,
-                state.ownership.epoch()
-            )),
+            Some(Phase::Fetching) => Err(NotReadable::Fetching {
+                partition,
+                node: self.node_id.clone(),
+            }),
+            _ => Err(NotReadable::NotHeld {
+                partition,
+                node: self.node_id.clone(),
+                epoch: state.ownership.epoch(),
+            }),
         }
     }
 
