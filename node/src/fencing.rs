@@ -11,15 +11,48 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use routemq_proto::v1 as pb;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::network::lazy_channel;
+use crate::config::store::AppliedState;
 use crate::config::{ConfigService, ConfigView};
+use crate::coordinator::LeaseGrant;
 use crate::lease::{Lease, LeaseStatus};
 use crate::ownership::{Gate, Ownership, Phase, Transition};
+use crate::peer::leader::{LeaderClient, RaftAndGossip};
+use crate::peer::PeerError;
 use crate::processor::{GateNow, PartitionGate, Refused};
+use crate::ring::Ring;
+
+/// What the fence's neighbours (dispatch, handoff) read of the replicated config: the view
+/// applied on this node and its changes. [`ConfigService`] in the node; a simulated sequence
+/// of views in single-process tests.
+pub trait ConfigSource: Send + Sync + 'static {
+    /// The config as applied locally.
+    fn local_view(&self) -> ConfigView;
+    /// Changes of the applied state.
+    fn subscribe(&self) -> watch::Receiver<Arc<AppliedState>>;
+}
+
+impl<T: ConfigSource + ?Sized> ConfigSource for Arc<T> {
+    fn local_view(&self) -> ConfigView {
+        (**self).local_view()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Arc<AppliedState>> {
+        (**self).subscribe()
+    }
+}
+
+impl ConfigSource for ConfigService {
+    fn local_view(&self) -> ConfigView {
+        ConfigService::local_view(self)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Arc<AppliedState>> {
+        ConfigService::subscribe(self)
+    }
+}
 
 /// Lease timing of a node.
 #[derive(Debug, Clone, Copy)]
@@ -43,32 +76,57 @@ impl LeaseSettings {
 /// after a restart the node knows which copies it holds and how new they are.
 pub trait CopyRecorder: Send + Sync {
     /// Records `(partition, version)` pairs durably.
-    fn record(&self, versions: &[(u32, u64)]) -> Result<(), String>;
+    fn record(&self, versions: &[(u32, u64)]) -> Result<(), crate::journal::JournalError>;
     /// Forgets every record: the node left gracefully and each new owner confirmed its copy,
     /// so after a restart nothing here is to be offered or given back.
-    fn forget_all(&self) -> Result<(), String>;
+    fn forget_all(&self) -> Result<(), crate::journal::JournalError>;
 }
 
 impl CopyRecorder for crate::journal::Journal {
-    fn record(&self, versions: &[(u32, u64)]) -> Result<(), String> {
-        self.record_held(versions).map_err(|e| e.to_string())
+    fn record(&self, versions: &[(u32, u64)]) -> Result<(), crate::journal::JournalError> {
+        self.record_held(versions)
     }
 
-    fn forget_all(&self) -> Result<(), String> {
-        self.forget_held().map_err(|e| e.to_string())
+    fn forget_all(&self) -> Result<(), crate::journal::JournalError> {
+        self.forget_held()
     }
 }
 
 struct State {
     ownership: Ownership,
     lease: Lease,
+    /// The ring of the last observed config (who owns what, for `Moved` answers).
+    ring: Arc<Ring>,
 }
 
 impl State {
     /// Whether the lease is valid now, at the epoch last observed.
     fn lease_valid_now(&self) -> bool {
-        self.lease.status(Instant::now(), self.ownership.epoch()) == LeaseStatus::Valid
+        self.lease.status(now(), self.ownership.epoch()) == LeaseStatus::Valid
     }
+}
+
+/// Why this node may not answer a journal read of a partition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReadable {
+    /// The partition's data is on its way here.
+    #[error("partition {partition} is being handed over to {node}; retry shortly")]
+    Fetching {
+        /// The partition.
+        partition: u32,
+        /// This node.
+        node: String,
+    },
+    /// This node does not hold the partition's newest data.
+    #[error("{node} does not hold partition {partition} at epoch {epoch}")]
+    NotHeld {
+        /// The partition.
+        partition: u32,
+        /// This node.
+        node: String,
+        /// The epoch it last observed.
+        epoch: u64,
+    },
 }
 
 /// This node's fence.
@@ -90,6 +148,7 @@ impl Fence {
             state: Mutex::new(State {
                 ownership: Ownership::new(node_id, settings.unsafe_no_handoff),
                 lease: Lease::new(settings.lease, settings.unsafe_no_fencing),
+                ring: Arc::new(Ring::empty()),
             }),
             changed: watch::channel(0).0,
             lease_valid: watch::channel(settings.unsafe_no_fencing).0,
@@ -116,6 +175,7 @@ impl Fence {
         let transitions = {
             let mut state = self.lock();
             let transitions = state.ownership.observe(config.epoch, &view.ring, &members);
+            state.ring = view.ring.clone();
             // Recorded before the lock is released: nothing runs in a partition whose copy's
             // version is not on disk yet.
             let activated: Vec<(u32, u64)> = transitions
@@ -177,7 +237,7 @@ impl Fence {
     /// The lease status now.
     pub fn lease_status(&self) -> LeaseStatus {
         let state = self.lock();
-        state.lease.status(Instant::now(), state.ownership.epoch())
+        state.lease.status(now(), state.ownership.epoch())
     }
 
     /// A watch of "the lease is valid", for the MQTT ingress (which must let go of ordered
@@ -252,19 +312,19 @@ impl Fence {
     }
 
     /// Whether this node holds the newest data of `partition` (it may answer journal reads).
-    pub fn readable(&self, partition: u32) -> Result<(), String> {
+    pub fn readable(&self, partition: u32) -> Result<(), NotReadable> {
         let state = self.lock();
         match state.ownership.slot(partition).map(|s| s.phase) {
             Some(Phase::Active) | Some(Phase::Draining) => Ok(()),
-            Some(Phase::Fetching) => Err(format!(
-                "partition {partition} is being handed over to {}; retry shortly",
-                self.node_id
-            )),
-            _ => Err(format!(
-                "{} does not hold partition {partition} at epoch {}",
-                self.node_id,
-                state.ownership.epoch()
-            )),
+            Some(Phase::Fetching) => Err(NotReadable::Fetching {
+                partition,
+                node: self.node_id.clone(),
+            }),
+            _ => Err(NotReadable::NotHeld {
+                partition,
+                node: self.node_id.clone(),
+                epoch: state.ownership.epoch(),
+            }),
         }
     }
 
@@ -306,14 +366,15 @@ impl Fence {
         (active, state.ownership.epoch())
     }
 
-    /// Records a granted renewal.
-    fn granted(&self, sent: Instant, epoch: u64) {
+    /// Records a granted renewal (sent at `sent`, granted at the leader's `epoch`).
+    pub fn granted(&self, sent: Instant, epoch: u64) {
         self.lock().lease.granted(sent, epoch);
         self.refresh_lease_flag();
         self.bump();
     }
 
-    fn refused(&self, why: String) {
+    /// Records a refused or failed renewal.
+    pub fn refused(&self, why: String) {
         self.lock().lease.refused(why);
         self.refresh_lease_flag();
     }
@@ -328,24 +389,21 @@ impl Fence {
         removed: watch::Sender<bool>,
         cancel: CancellationToken,
     ) {
+        let hints = Arc::new(RaftAndGossip::new(config.clone(), membership));
+        let leader = LeaderClient::new(crate::peer::grpc::shared(), hints);
         let mut ticker = tokio::time::interval(settings.renew_every());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut warned_at: Option<Instant> = None;
-        // Where the leader was last said to be (a node removed from Raft hears nothing from it).
-        let mut hint: Option<String> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            let sent = Instant::now();
-            if hint.is_none() && config.metrics().current_leader.is_none() {
-                hint = membership.leader_hint(config.raft_id()).await;
-            }
+            let sent = now();
             let outcome =
-                tokio::time::timeout(settings.lease / 2, renew_once(&config, &self.node_id, &mut hint)).await;
+                tokio::time::timeout(settings.lease / 2, renew_once(&config, &leader, &self.node_id)).await;
             match outcome {
-                Ok(Ok(pb::RenewLeaseResponse { epoch, member: true })) => {
+                Ok(Ok(LeaseGrant { epoch, member: true })) => {
                     self.granted(sent, epoch);
                     if *removed.borrow() {
                         tracing::info!("a member again");
@@ -356,16 +414,9 @@ impl Fence {
                         tracing::info!("ownership lease renewed again");
                     }
                 }
-                Ok(Ok(pb::RenewLeaseResponse { epoch, member: false })) => {
+                Ok(Ok(LeaseGrant { epoch, member: false })) => {
                     self.refused("not a member of the cluster".into());
-                    // Only a node that believes it is a member was removed (a joiner simply is
-                    // not one yet), and only an answer as new as our config says so (a joiner's
-                    // renewal may have been answered just before it was admitted).
-                    let (believes_member, ours) = {
-                        let state = self.lock();
-                        (state.ownership.is_member(), state.ownership.epoch())
-                    };
-                    if believes_member && epoch >= ours && !*removed.borrow() {
+                    if self.removed_by(epoch) && !*removed.borrow() {
                         tracing::warn!("the leader says this node is not a member: it was removed (failed over or left); dropping its partitions");
                         self.removed();
                         // A removed voter that still campaigns would only disturb the
@@ -374,17 +425,26 @@ impl Fence {
                         removed.send_replace(true);
                     }
                 }
-                Ok(Err(why)) => self.note_refusal(why, &mut warned_at),
+                Ok(Err(e)) => self.note_refusal(e.to_string(), &mut warned_at),
                 Err(_) => self.note_refusal("renewal timed out".into(), &mut warned_at),
             }
             self.refresh_lease_flag();
         }
     }
 
+    /// Whether a "not a member" answer at the leader's `epoch` means this node was removed:
+    /// only a node that believes it is a member was (a joiner simply is not one yet), and only
+    /// an answer as new as our config says so (a joiner's renewal may have been answered just
+    /// before it was admitted).
+    pub fn removed_by(&self, epoch: u64) -> bool {
+        let state = self.lock();
+        state.ownership.is_member() && epoch >= state.ownership.epoch()
+    }
+
     fn note_refusal(&self, why: String, warned_at: &mut Option<Instant>) {
-        if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+        if warned_at.is_none_or(|t| now().saturating_duration_since(t) > Duration::from_secs(5)) {
             tracing::warn!(reason = %why, "cannot renew the ownership lease");
-            *warned_at = Some(Instant::now());
+            *warned_at = Some(now());
         }
         self.refused(why);
     }
@@ -393,54 +453,21 @@ impl Fence {
 /// One renewal: on the leader, a quorum round; elsewhere, a call to the leader.
 async fn renew_once(
     config: &ConfigService,
+    leader: &LeaderClient,
     node_id: &str,
-    hint: &mut Option<String>,
-) -> Result<pb::RenewLeaseResponse, String> {
+) -> Result<LeaseGrant, PeerError> {
     if config.is_leader() {
-        let view = config.linearizable_view().await.map_err(|e| e.to_string())?;
+        let view = config
+            .linearizable_view()
+            .await
+            .map_err(|e| PeerError::Unavailable(e.to_string()))?;
         let member = view.state.config.member_by_raft_id(config.raft_id()).is_some();
-        return Ok(pb::RenewLeaseResponse {
+        return Ok(LeaseGrant {
             epoch: view.state.config.epoch,
             member,
         });
     }
-    let metrics = config.metrics();
-    let addr = match hint.take() {
-        Some(addr) => addr,
-        None => {
-            let leader = metrics.current_leader.ok_or("no Raft leader known")?;
-            metrics
-                .membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|n| n.addr.clone())
-                .ok_or("the leader's address is not known")?
-        }
-    };
-    let channel = lazy_channel(&addr).map_err(|e| e.to_string())?;
-    let mut client = pb::cluster_client::ClusterClient::new(channel);
-    match client
-        .renew_lease(pb::RenewLeaseRequest {
-            node_id: node_id.to_string(),
-            raft_id: config.raft_id(),
-        })
-        .await
-    {
-        Ok(r) => {
-            // Keep asking there while our own Raft does not know better.
-            *hint = Some(addr);
-            Ok(r.into_inner())
-        }
-        Err(s) => {
-            *hint = s
-                .metadata()
-                .get(routemq_proto::LEADER_ADDR_METADATA)
-                .and_then(|v| v.to_str().ok())
-                .filter(|a| !a.is_empty())
-                .map(str::to_string);
-            Err(format!("leader at {addr}: {}", s.message()))
-        }
-    }
+    leader.renew_lease(node_id, config.raft_id()).await
 }
 
 impl PartitionGate for Fence {
@@ -449,23 +476,15 @@ impl PartitionGate for Fence {
         if state.ownership.admit(partition) {
             Ok(())
         } else {
-            Err(Refused::Moved(format!(
-                "{} does not own partition {partition} at epoch {}",
-                self.node_id,
-                state.ownership.epoch()
-            )))
+            Err(moved(&state, partition))
         }
     }
 
     fn gate(&self, partition: u32) -> GateNow {
         let state = self.lock();
         match state.ownership.gate(partition) {
-            Gate::Moved => GateNow::Refuse(Refused::Moved(format!(
-                "{} no longer owns partition {partition} (epoch {})",
-                self.node_id,
-                state.ownership.epoch()
-            ))),
-            gate => match state.lease.status(Instant::now(), state.ownership.epoch()) {
+            Gate::Moved => GateNow::Refuse(moved(&state, partition)),
+            gate => match state.lease.status(now(), state.ownership.epoch()) {
                 LeaseStatus::Invalid(why) => GateNow::Refuse(Refused::Unavailable(why)),
                 LeaseStatus::Valid if gate == Gate::Run => GateNow::Run,
                 LeaseStatus::Valid => GateNow::Wait,
@@ -480,5 +499,75 @@ impl PartitionGate for Fence {
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+}
+
+/// `partition` is not this node's: who owns it at the epoch last observed.
+fn moved(state: &State, partition: u32) -> Refused {
+    Refused::Moved {
+        partition,
+        owner: state.ring.owner_of_partition(partition).map(str::to_string),
+        epoch: state.ownership.epoch(),
+    }
+}
+
+/// The monotonic clock of the fence: tokio's, so that single-process tests with a paused clock
+/// see leases expire deterministically (outside tests it is the system's monotonic clock).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// A config applied by hand: each node of a single-process test holds one and is shown the
+/// views of a simulated sequence of configs (see `node/tests/cluster_scripts.rs`).
+pub struct SimulatedConfig {
+    applied: watch::Sender<Arc<AppliedState>>,
+    view: std::sync::Mutex<ConfigView>,
+}
+
+impl SimulatedConfig {
+    /// Starts with `config` applied.
+    pub fn new(config: crate::config::state::ClusterConfig) -> Self {
+        let view = view_of(config);
+        Self {
+            applied: watch::channel(view.state.clone()).0,
+            view: std::sync::Mutex::new(view),
+        }
+    }
+
+    /// Applies `config`; returns its view.
+    pub fn apply(&self, config: crate::config::state::ClusterConfig) -> ConfigView {
+        let view = view_of(config);
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = view.clone();
+        self.applied.send_replace(view.state.clone());
+        view
+    }
+}
+
+impl ConfigSource for SimulatedConfig {
+    fn local_view(&self) -> ConfigView {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Arc<AppliedState>> {
+        self.applied.subscribe()
+    }
+}
+
+/// The view of `config` as every node that applied it computes it (an invalid or empty config
+/// has an empty ring and no routes, as in [`ConfigService`]).
+pub fn view_of(config: crate::config::state::ClusterConfig) -> ConfigView {
+    let ring = Arc::new(config.ring().unwrap_or_else(|_| Ring::empty()));
+    let routes = Arc::new(
+        config
+            .route_table()
+            .unwrap_or_else(|_| crate::routes::RouteTable::empty()),
+    );
+    ConfigView {
+        state: Arc::new(AppliedState {
+            config,
+            ..Default::default()
+        }),
+        ring,
+        routes,
     }
 }

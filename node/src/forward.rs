@@ -1,7 +1,8 @@
-//! Forwarding: moving messages to their partition's owner over gRPC.
+//! Forwarding: moving messages to their partition's owner over the peer network
+//! ([`crate::peer::PeerNetwork::forward`]).
 //!
-//! Client side ([`Forwarder`]): one long-lived bidirectional `Forward/Stream` per peer,
-//! carried by a [`PeerLink`] task. Callers queue messages on the link (a bounded queue: when
+//! Client side ([`Forwarder`]): one long-lived bidirectional stream per peer, carried by a
+//! [`PeerLink`] task. Callers queue messages on the link (a bounded queue: when
 //! it is full they wait, which is the backpressure that reaches ingress); the link batches
 //! whatever is queued (up to [`MAX_BATCH`] messages per frame), tags each batch with the
 //! sender's epoch and each message with a sequence number, and completes each caller when the
@@ -10,7 +11,8 @@
 //! answered `Unavailable` and its caller re-sends (in order: a caller has one message in
 //! flight per key).
 //!
-//! Server side ([`ForwardService`]): for each batch, in order, each message is checked for
+//! Server side ([`serve_stream`], behind the gRPC [`ForwardService`] and the in-memory
+//! network alike): for each batch, in order, each message is checked for
 //! ownership at the receiver's epoch and handed to the processor's partition lane (so order is
 //! kept across batches), then the results are sent back in batch order. A receiver that does
 //! not own the partition answers `NotOwner { owner, epoch }`.
@@ -19,81 +21,82 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::stream::FuturesOrdered;
+use futures::stream::{BoxStream, FuturesOrdered};
 use futures::StreamExt;
 use routemq_proto::v1 as pb;
-use routemq_proto::v1::forward_client::ForwardClient;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::config::network::lazy_channel;
+use crate::backoff::Backoff;
+use crate::peer::{ForwardBatch, ForwardReply, Forwarded, JournalPage, JournalQuery, PeerError, PeerNetwork};
 
 /// Most messages in one forwarded frame.
 pub const MAX_BATCH: usize = 256;
 /// Messages queued per peer before callers wait.
 const LINK_QUEUE: usize = 4096;
+/// Batches a receiver works on at once per stream.
+const SERVE_WINDOW: usize = 64;
 
-/// Outcome of forwarding one message.
-pub type ForwardOutcome = Result<pb::ForwardResult, ForwardError>;
-
-/// Why a message could not be forwarded.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ForwardError {
-    /// The peer could not be reached or the stream broke before it acknowledged.
-    #[error("peer {addr} unavailable: {reason}")]
-    Unavailable {
-        /// Peer address.
-        addr: String,
-        /// Why.
-        reason: String,
-    },
-}
+/// Outcome of forwarding one message: the owner's answer, or why there was none (the peer
+/// could not be reached or the stream broke before it answered; the caller re-sends).
+pub type ForwardOutcome = Result<ForwardReply, PeerError>;
 
 struct Pending {
-    message: pb::ForwardedMessage,
+    message: Forwarded,
     epoch: u64,
     reply: oneshot::Sender<ForwardOutcome>,
 }
 
+type InFlight = VecDeque<(u64, oneshot::Sender<ForwardOutcome>)>;
+
 /// Long-lived forwarding links to peers, created on first use.
 pub struct Forwarder {
     node_id: String,
+    network: Arc<dyn PeerNetwork>,
     links: Mutex<HashMap<String, mpsc::Sender<Pending>>>,
     tasks: Mutex<JoinSet<()>>,
     cancel: CancellationToken,
 }
 
 impl Forwarder {
-    /// A forwarder for node `node_id`.
+    /// A forwarder for node `node_id` over gRPC ([`crate::peer::grpc::shared`]).
     pub fn new(node_id: String) -> Self {
+        Self::with_network(node_id, crate::peer::grpc::shared())
+    }
+
+    /// A forwarder for node `node_id` over `network`.
+    pub fn with_network(node_id: String, network: Arc<dyn PeerNetwork>) -> Self {
         Self {
             node_id,
+            network,
             links: Mutex::new(HashMap::new()),
             tasks: Mutex::new(JoinSet::new()),
             cancel: CancellationToken::new(),
         }
     }
 
+    /// The peer network the links run over (also used for the dispatcher's journal reads).
+    pub fn network(&self) -> Arc<dyn PeerNetwork> {
+        self.network.clone()
+    }
+
     /// Forwards `message` to the node at `addr`, tagged with the sender's `epoch`; resolves with
     /// the peer's result for it.
-    pub async fn forward(&self, addr: &str, epoch: u64, message: pb::ForwardedMessage) -> ForwardOutcome {
+    pub async fn forward(&self, addr: &str, epoch: u64, message: Forwarded) -> ForwardOutcome {
         let link = self.link(addr);
         let (reply, done) = oneshot::channel();
-        let unavailable = |reason: &str| ForwardError::Unavailable {
-            addr: addr.to_string(),
-            reason: reason.to_string(),
-        };
+        let stopped = || PeerError::unreachable(addr, "forwarder stopped");
         link.send(Pending {
             message,
             epoch,
             reply,
         })
         .await
-        .map_err(|_| unavailable("forwarder stopped"))?;
-        done.await.map_err(|_| unavailable("forwarder stopped"))?
+        .map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())?
     }
 
     fn link(&self, addr: &str) -> mpsc::Sender<Pending> {
@@ -107,6 +110,7 @@ impl Forwarder {
         let link = PeerLink {
             addr: addr.to_string(),
             sender: self.node_id.clone(),
+            network: self.network.clone(),
             queue: rx,
             cancel: self.cancel.clone(),
         };
@@ -118,7 +122,7 @@ impl Forwarder {
         tx
     }
 
-    /// Stops every link; queued messages are answered `Unavailable`.
+    /// Stops every link; queued messages are answered `Unreachable`.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
         let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
@@ -131,13 +135,14 @@ impl Forwarder {
 struct PeerLink {
     addr: String,
     sender: String,
+    network: Arc<dyn PeerNetwork>,
     queue: mpsc::Receiver<Pending>,
     cancel: CancellationToken,
 }
 
 impl PeerLink {
     async fn run(mut self) {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         loop {
             // Wait for work before connecting, so idle peers cost nothing.
             let first = tokio::select! {
@@ -150,52 +155,39 @@ impl PeerLink {
                     tracing::debug!(peer = %self.addr, %reason, "forward stream ended; reconnecting");
                     tokio::select! {
                         _ = self.cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             }
         }
     }
 
     /// Runs one stream until it breaks (Err) or the forwarder stops (Ok).
-    async fn session(&mut self, first: Pending) -> Result<(), String> {
-        let mut in_flight: VecDeque<(u64, oneshot::Sender<ForwardOutcome>)> = VecDeque::new();
+    async fn session(&mut self, first: Pending) -> Result<(), PeerError> {
+        let mut in_flight = InFlight::new();
         let result = self.session_inner(first, &mut in_flight).await;
-        let reason = match &result {
-            Ok(()) => "forwarder stopped".to_string(),
+        let error = match &result {
+            Ok(()) => PeerError::unreachable(&self.addr, "forwarder stopped"),
             Err(e) => e.clone(),
         };
         for (_, reply) in in_flight.drain(..) {
-            let _ = reply.send(Err(ForwardError::Unavailable {
-                addr: self.addr.clone(),
-                reason: reason.clone(),
-            }));
+            let _ = reply.send(Err(error.clone()));
         }
         metrics::gauge!(crate::metrics::FORWARD_IN_FLIGHT, "peer" => self.addr.clone()).set(0.0);
         result
     }
 
-    async fn session_inner(
-        &mut self,
-        first: Pending,
-        in_flight: &mut VecDeque<(u64, oneshot::Sender<ForwardOutcome>)>,
-    ) -> Result<(), String> {
-        let channel = lazy_channel(&self.addr).map_err(|e| e.to_string())?;
-        let mut client = ForwardClient::new(channel).max_decoding_message_size(64 << 20);
-        let (out_tx, out_rx) = mpsc::channel::<pb::ForwardBatch>(8);
+    async fn session_inner(&mut self, first: Pending, in_flight: &mut InFlight) -> Result<(), PeerError> {
+        let closed = |addr: &str| PeerError::unreachable(addr, "stream closed");
+        let (out_tx, out_rx) = mpsc::channel::<ForwardBatch>(8);
         let mut next_seq: u64 = 0;
         let mut batch = self.batch_with(first, &mut next_seq, in_flight);
         // Open the stream with the first batch already queued.
-        out_tx
-            .send(batch)
-            .await
-            .map_err(|_| "stream closed".to_string())?;
-        let mut inbound: Streaming<pb::ForwardAck> = client
-            .stream(ReceiverStream::new(out_rx))
-            .await
-            .map_err(|s| s.message().to_string())?
-            .into_inner();
+        out_tx.send(batch).await.map_err(|_| closed(&self.addr))?;
+        let mut inbound = self
+            .network
+            .forward(&self.addr, ReceiverStream::new(out_rx).boxed())
+            .await?;
         loop {
             metrics::gauge!(crate::metrics::FORWARD_IN_FLIGHT, "peer" => self.addr.clone())
                 .set(in_flight.len() as f64);
@@ -204,21 +196,21 @@ impl PeerLink {
                 item = self.queue.recv(), if in_flight.len() < LINK_QUEUE => {
                     let Some(pending) = item else { return Ok(()) };
                     batch = self.batch_with(pending, &mut next_seq, in_flight);
-                    out_tx.send(batch).await.map_err(|_| "stream closed".to_string())?;
+                    out_tx.send(batch).await.map_err(|_| closed(&self.addr))?;
                 }
-                ack = inbound.message() => {
-                    let ack = ack.map_err(|s| s.message().to_string())?.ok_or("peer closed the stream")?;
-                    for result in ack.results {
+                ack = inbound.next() => {
+                    let replies = ack.ok_or_else(|| PeerError::unreachable(&self.addr, "peer closed the stream"))??;
+                    for reply in replies {
                         match in_flight.pop_front() {
-                            Some((seq, reply)) if seq == result.seq => { let _ = reply.send(Ok(result)); }
-                            Some((seq, reply)) => {
-                                let _ = reply.send(Err(ForwardError::Unavailable {
-                                    addr: self.addr.clone(),
-                                    reason: format!("ack out of order (expected {seq}, got {})", result.seq),
-                                }));
-                                return Err("ack out of order".into());
+                            Some((seq, done)) if seq == reply.seq => { let _ = done.send(Ok(reply)); }
+                            Some((seq, done)) => {
+                                let error = PeerError::Protocol(format!(
+                                    "ack out of order (expected {seq}, got {})", reply.seq
+                                ));
+                                let _ = done.send(Err(error.clone()));
+                                return Err(error);
                             }
-                            None => return Err("ack for nothing in flight".into()),
+                            None => return Err(PeerError::Protocol("ack for nothing in flight".into())),
                         }
                     }
                 }
@@ -229,12 +221,7 @@ impl PeerLink {
     /// Builds a batch from `first` and whatever else is queued (up to [`MAX_BATCH`]). The
     /// batch carries the highest sender epoch of its messages: epochs only grow, and the
     /// receiver uses it only to wait until its own config has caught up.
-    fn batch_with(
-        &mut self,
-        first: Pending,
-        next_seq: &mut u64,
-        in_flight: &mut VecDeque<(u64, oneshot::Sender<ForwardOutcome>)>,
-    ) -> pb::ForwardBatch {
+    fn batch_with(&mut self, first: Pending, next_seq: &mut u64, in_flight: &mut InFlight) -> ForwardBatch {
         let mut epoch = 0;
         let mut messages = Vec::new();
         let mut next = Some(first);
@@ -249,7 +236,7 @@ impl PeerLink {
             }
         }
         metrics::histogram!(crate::metrics::FORWARD_BATCH_SIZE).record(messages.len() as f64);
-        pb::ForwardBatch {
+        ForwardBatch {
             epoch,
             sender: self.sender.clone(),
             messages,
@@ -258,7 +245,7 @@ impl PeerLink {
 }
 
 /// Receives forwarded messages: decides ownership and processes them.
-#[tonic::async_trait]
+#[async_trait::async_trait]
 pub trait ForwardTarget: Send + Sync + 'static {
     /// Takes one forwarded message sent under `sender_epoch`. Awaiting this enqueues the message
     /// (waiting if the partition's queue is full); the returned future resolves with its result.
@@ -266,14 +253,55 @@ pub trait ForwardTarget: Send + Sync + 'static {
     async fn accept(
         self: Arc<Self>,
         sender_epoch: u64,
-        message: pb::ForwardedMessage,
-    ) -> futures::future::BoxFuture<'static, pb::ForwardResult>;
+        message: Forwarded,
+    ) -> futures::future::BoxFuture<'static, ForwardReply>;
 
     /// Reads a journal locally on behalf of another node.
-    async fn read_local_journal(
-        self: Arc<Self>,
-        request: pb::ReadJournalRequest,
-    ) -> Result<pb::ReadJournalResponse, Status>;
+    async fn read_local_journal(self: Arc<Self>, query: JournalQuery) -> Result<JournalPage, PeerError>;
+}
+
+/// Serves one inbound forwarding stream into `target`: every batch's messages are enqueued in
+/// order, and one ack per batch comes out of the returned channel, in batch order. Ends when
+/// `batches` ends or `stop` is cancelled (after answering what it accepted).
+pub fn serve_stream<T: ForwardTarget + ?Sized>(
+    target: Arc<T>,
+    mut batches: BoxStream<'static, ForwardBatch>,
+    stop: CancellationToken,
+) -> mpsc::Receiver<Vec<ForwardReply>> {
+    let (tx, rx) = mpsc::channel(16);
+    // This task's lifetime is the stream's: it ends when the sender closes the stream, the
+    // receiver of the acks is dropped, or `stop`.
+    tokio::spawn(async move {
+        let mut acks: FuturesOrdered<futures::future::BoxFuture<'static, Vec<ForwardReply>>> =
+            FuturesOrdered::new();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                batch = batches.next(), if acks.len() < SERVE_WINDOW => match batch {
+                    Some(batch) => {
+                        // Enqueue every message now, in order; await the results later.
+                        let mut results = Vec::with_capacity(batch.messages.len());
+                        for message in batch.messages {
+                            results.push(target.clone().accept(batch.epoch, message).await);
+                        }
+                        acks.push_back(Box::pin(futures::future::join_all(results)));
+                    }
+                    None => break,
+                },
+                Some(ack) = acks.next() => {
+                    if tx.send(ack).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        while let Some(ack) = acks.next().await {
+            if tx.send(ack).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// gRPC `routemq.v1.Forward` server.
@@ -299,40 +327,23 @@ impl<T: ForwardTarget> pb::forward_server::Forward for ForwardService<T> {
         &self,
         request: Request<Streaming<pb::ForwardBatch>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let target = self.target.clone();
-        let stop = self.stop.clone();
-        // This task's lifetime is the stream's: it ends when the sender closes the stream, the
-        // server drops the response, or the node stops.
-        tokio::spawn(async move {
-            let mut acks: FuturesOrdered<futures::future::BoxFuture<'static, pb::ForwardAck>> =
-                FuturesOrdered::new();
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    batch = inbound.message(), if acks.len() < 64 => match batch {
-                        Ok(Some(batch)) => {
-                            // Enqueue every message now, in order; await the results later.
-                            let mut results = Vec::with_capacity(batch.messages.len());
-                            for message in batch.messages {
-                                results.push(target.clone().accept(batch.epoch, message).await);
-                            }
-                            acks.push_back(Box::pin(async move {
-                                pb::ForwardAck { results: futures::future::join_all(results).await }
-                            }));
-                        }
-                        _ => break,
-                    },
-                    Some(ack) = acks.next() => {
-                        if tx.send(Ok(ack)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
+        // A broken inbound stream ends the batches like a closed one.
+        let batches = futures::stream::unfold(request.into_inner(), |mut inbound| async move {
+            match inbound.message().await {
+                Ok(Some(batch)) => Some((ForwardBatch::from(batch), inbound)),
+                _ => None,
             }
-            while let Some(ack) = acks.next().await {
-                if tx.send(Ok(ack)).await.is_err() {
+        })
+        .boxed();
+        let mut acks = serve_stream(self.target.clone(), batches, self.stop.clone());
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Some(ack) = acks.recv().await {
+                if tx
+                    .send(Ok(crate::peer::convert::forward::ack(ack)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -346,8 +357,9 @@ impl<T: ForwardTarget> pb::forward_server::Forward for ForwardService<T> {
     ) -> Result<Response<pb::ReadJournalResponse>, Status> {
         self.target
             .clone()
-            .read_local_journal(request.into_inner())
+            .read_local_journal(request.into_inner().into())
             .await
-            .map(Response::new)
+            .map(|page| Response::new(page.into()))
+            .map_err(|e| crate::api::peer_status(&e))
     }
 }

@@ -2,8 +2,11 @@
 //! that answers other nodes' fetches. What to fetch, whom to believe and when a holder may
 //! answer are decided by [`crate::ownership`]; this module moves the bytes.
 //!
-//! A fetch asks every other member (active or leaving) about a batch of partitions over
-//! `routemq.v1.Handoff/Fetch`. Each answers per partition: not a holder, not yet, or the data
+//! Peers are called through [`PeerNetwork`] (gRPC `routemq.v1.Handoff` in the node, the
+//! in-memory twin in tests); [`HandoffService`] answers them, as a [`HandoffTarget`] and as
+//! the gRPC service.
+//!
+//! A fetch asks every other member (active or leaving) about a batch of partitions. Each answers per partition: not a holder, not yet, or the data
 //! with its version (streamed in chunks). Once every member answered without "not yet", the
 //! newest version is imported into the journal in one durable write (replacing whatever stale
 //! copy was here) and the partition becomes active. Members that do not answer are asked
@@ -16,85 +19,156 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use routemq_proto::v1 as pb;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::config::network::lazy_channel;
-use crate::config::ConfigService;
-use crate::fencing::Fence;
+use crate::backoff::Backoff;
+use crate::fencing::{ConfigSource, Fence};
 use crate::handler::{Handled, Handler, HandlerContext, HandlerError, Message, Pipeline};
 use crate::journal::{Journal, PartitionData};
 use crate::lease::LeaseStatus;
 use crate::ownership::{Answer, FetchDecision, Phase};
-use crate::processor::{ProcessError, Processor};
+use crate::peer::{
+    ActiveOf, FetchReply, FetchRequest, HandoffTarget, PartitionAnswer, PeerError, PeerNetwork, Refusal,
+    ReturnRequest,
+};
+use crate::processor::{ProcessError, Processor, Refused};
 
 /// Most partitions asked for in one request.
 const FETCH_BATCH: usize = 1024;
-/// Largest chunk of one partition's data, bytes (roughly).
-const CHUNK_BYTES: usize = 2 << 20;
 /// How long one fetch round may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Fetches partitions this node owns but does not hold yet, until `cancel`.
+/// Why a handoff request was not served.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HandoffError {
+    /// The request is malformed (too many partitions, data of another partition).
+    #[error("{0}")]
+    Invalid(String),
+    /// The partition is not active here (a return must wait for the owner to activate it).
+    #[error("partition {0} is not active here")]
+    NotActive(u32),
+    /// The partition's lane did not run the merge.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// Merging failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<HandoffError> for PeerError {
+    fn from(e: HandoffError) -> PeerError {
+        match e {
+            HandoffError::Invalid(why) => PeerError::refused(Refusal::Invalid, why),
+            HandoffError::NotActive(_) | HandoffError::Refused(_) => PeerError::Unavailable(e.to_string()),
+            HandoffError::Failed(why) => PeerError::refused(Refusal::Internal, why),
+        }
+    }
+}
+
+/// Fetches partitions this node owns but does not hold yet, until `cancel`, over gRPC.
 pub async fn fetch_loop(
     fence: Arc<Fence>,
-    config: Arc<ConfigService>,
+    config: Arc<dyn ConfigSource>,
+    journal: Journal,
+    node_id: String,
+    cancel: CancellationToken,
+) {
+    fetch_loop_via(
+        crate::peer::grpc::shared(),
+        fence,
+        config,
+        journal,
+        node_id,
+        cancel,
+    )
+    .await
+}
+
+/// Fetches partitions this node owns but does not hold yet, until `cancel`, over `network`.
+pub async fn fetch_loop_via(
+    network: Arc<dyn PeerNetwork>,
+    fence: Arc<Fence>,
+    config: Arc<dyn ConfigSource>,
     journal: Journal,
     node_id: String,
     cancel: CancellationToken,
 ) {
     let mut changes = fence.lease_valid(); // any wake-up source; the tick does the rest
-    let mut backoff = Duration::from_millis(20);
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(250));
     loop {
-        let (partitions, peers, epoch) = fence.fetch_plan();
-        if partitions.is_empty() {
-            return_orphans(&fence, &config, &journal, &node_id).await;
-            backoff = Duration::from_millis(20);
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = changes.changed() => {}
-                _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+        let pass = tokio::select! {
+            _ = cancel.cancelled() => return,
+            pass = fetch_once(&*network, &fence, &*config, &journal, &node_id) => pass,
+        };
+        let delay = match pass {
+            None => {
+                backoff.reset();
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = changes.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+                }
+                continue;
             }
-            continue;
-        }
-        let started = Instant::now();
-        let view = config.local_view();
-        let addrs: BTreeMap<String, Option<String>> = peers
-            .iter()
-            .map(|p| {
-                (
-                    p.clone(),
-                    view.state.config.members.get(p).map(|m| m.grpc_addr.clone()),
-                )
-            })
-            .collect();
-        let mut progressed = 0usize;
-        for batch in partitions.chunks(FETCH_BATCH) {
-            let round = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = fetch_round(&node_id, epoch, batch, &addrs) => r,
-            };
-            progressed += apply_round(&fence, &journal, batch, round).await;
-        }
-        if progressed > 0 {
-            tracing::info!(
-                partitions = progressed,
-                took = ?started.elapsed(),
-                "handoff: partitions fetched and activated"
-            );
-            backoff = Duration::from_millis(20);
-        } else {
-            backoff = (backoff * 2).min(Duration::from_millis(250));
-        }
+            Some(0) => backoff.next_delay(),
+            Some(_) => {
+                backoff.reset();
+                backoff.next_delay()
+            }
+        };
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// One pass of the fetch loop: with nothing to fetch, gives orphaned history back and returns
+/// `None`; otherwise asks every member once about every partition being fetched, imports what
+/// the answers allow, and returns how many partitions became active.
+pub async fn fetch_once(
+    network: &dyn PeerNetwork,
+    fence: &Arc<Fence>,
+    config: &dyn ConfigSource,
+    journal: &Journal,
+    node_id: &str,
+) -> Option<usize> {
+    let (partitions, peers, epoch) = fence.fetch_plan();
+    if partitions.is_empty() {
+        return_orphans(network, fence, config, journal, node_id).await;
+        return None;
+    }
+    let started = Instant::now();
+    let view = config.local_view();
+    let addrs: BTreeMap<String, Option<String>> = peers
+        .iter()
+        .map(|p| {
+            (
+                p.clone(),
+                view.state.config.members.get(p).map(|m| m.grpc_addr.clone()),
+            )
+        })
+        .collect();
+    let mut progressed = 0usize;
+    for batch in partitions.chunks(FETCH_BATCH) {
+        let round = fetch_round(network, node_id, epoch, batch, &addrs).await;
+        progressed += apply_round(fence, journal, batch, round).await;
+    }
+    if progressed > 0 {
+        tracing::info!(
+            partitions = progressed,
+            took = ?started.elapsed(),
+            "handoff: partitions fetched and activated"
+        );
+    }
+    Some(progressed)
 }
 
 /// Answers and data of one round, per partition and member.
@@ -104,6 +178,7 @@ struct Round {
 }
 
 async fn fetch_round(
+    network: &dyn PeerNetwork,
     node_id: &str,
     epoch: u64,
     batch: &[u32],
@@ -111,10 +186,17 @@ async fn fetch_round(
 ) -> Round {
     let calls = addrs.iter().map(|(peer, addr)| async move {
         let result = match addr {
-            Some(addr) => tokio::time::timeout(FETCH_TIMEOUT, fetch_from(addr, node_id, epoch, batch))
-                .await
-                .unwrap_or_else(|_| Err("timed out".into())),
-            None => Err("no address".into()),
+            Some(addr) => {
+                let request = FetchRequest {
+                    requester: node_id.to_string(),
+                    epoch,
+                    partitions: batch.to_vec(),
+                };
+                tokio::time::timeout(FETCH_TIMEOUT, network.fetch(addr, request))
+                    .await
+                    .unwrap_or(Err(PeerError::Timeout))
+            }
+            None => Err(PeerError::Unavailable("no address".into())),
         };
         (peer.clone(), result)
     });
@@ -125,6 +207,7 @@ async fn fetch_round(
     for (peer, result) in futures::future::join_all(calls).await {
         match result {
             Ok(per_partition) => {
+                let per_partition: FetchReply = per_partition;
                 for (p, (answer, data)) in per_partition {
                     if let Some(answers) = round.answers.get_mut(&p) {
                         answers.insert(peer.clone(), Some(answer));
@@ -146,56 +229,6 @@ async fn fetch_round(
         }
     }
     round
-}
-
-type FetchReply = BTreeMap<u32, (Answer, Option<PartitionData>)>;
-
-async fn fetch_from(addr: &str, node_id: &str, epoch: u64, batch: &[u32]) -> Result<FetchReply, String> {
-    let channel = lazy_channel(addr).map_err(|e| e.to_string())?;
-    let mut client = pb::handoff_client::HandoffClient::new(channel).max_decoding_message_size(64 << 20);
-    let mut stream = client
-        .fetch(pb::FetchRequest {
-            requester: node_id.to_string(),
-            epoch,
-            partitions: batch.to_vec(),
-        })
-        .await
-        .map_err(|s| s.message().to_string())?
-        .into_inner();
-    let mut out = FetchReply::new();
-    let mut partial: HashMap<u32, (u64, PartitionData)> = HashMap::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|s| s.message().to_string())?;
-        let p = chunk.partition;
-        match pb::FetchStatus::try_from(chunk.status) {
-            Ok(pb::FetchStatus::NotHolder) => {
-                out.insert(p, (Answer::NotHolder, None));
-            }
-            Ok(pb::FetchStatus::NotYet) => {
-                out.insert(p, (Answer::NotYet, None));
-            }
-            Ok(pb::FetchStatus::Data) => {
-                let entry = partial
-                    .entry(p)
-                    .or_insert_with(|| (chunk.version, PartitionData::default()));
-                entry
-                    .1
-                    .entries
-                    .extend(chunk.entries.into_iter().map(|kv| (kv.key, kv.value)));
-                entry
-                    .1
-                    .ids
-                    .extend(chunk.ids.into_iter().map(|kv| (kv.key, kv.value)));
-                if chunk.last {
-                    if let Some((version, data)) = partial.remove(&p) {
-                        out.insert(p, (Answer::Data { version }, Some(data)));
-                    }
-                }
-            }
-            _ => return Err(format!("unknown fetch status {}", chunk.status)),
-        }
-    }
-    Ok(out)
 }
 
 /// Applies one round's decisions; returns how many partitions became active.
@@ -295,7 +328,13 @@ const RETURN_BATCH: usize = 64;
 
 /// Gives the history of partitions this node held when it was failed over back to their
 /// current owners (once it is a member with a valid lease again).
-async fn return_orphans(fence: &Arc<Fence>, config: &ConfigService, journal: &Journal, node_id: &str) {
+async fn return_orphans(
+    network: &dyn PeerNetwork,
+    fence: &Arc<Fence>,
+    config: &dyn ConfigSource,
+    journal: &Journal,
+    node_id: &str,
+) {
     let orphans = fence.with_ownership(|o| o.orphans());
     if orphans.is_empty() || fence.lease_status() != LeaseStatus::Valid {
         return;
@@ -324,33 +363,15 @@ async fn return_orphans(fence: &Arc<Fence>, config: &ConfigService, journal: &Jo
             fence.with_ownership(|o| o.orphan_returned(p));
             continue;
         }
-        let request = pb::ReturnRequest {
+        let request = ReturnRequest {
             from: node_id.to_string(),
             partition: p,
             version,
-            entries: data
-                .entries
-                .into_iter()
-                .map(|(key, value)| pb::KeyValue { key, value })
-                .collect(),
-            ids: data
-                .ids
-                .into_iter()
-                .map(|(key, value)| pb::KeyValue { key, value })
-                .collect(),
+            data,
         };
-        let sent = async {
-            let channel = lazy_channel(&addr).map_err(|e| e.to_string())?;
-            pb::handoff_client::HandoffClient::new(channel)
-                .max_encoding_message_size(64 << 20)
-                .r#return(request)
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| s.message().to_string())
-        };
-        match tokio::time::timeout(FETCH_TIMEOUT, sent).await {
-            Ok(Ok(answer)) => {
-                tracing::info!(partition = p, to = %owner, restored = answer.restored,
+        match tokio::time::timeout(FETCH_TIMEOUT, network.give_back(&addr, request)).await {
+            Ok(Ok(restored)) => {
+                tracing::info!(partition = p, to = %owner, restored,
                     "history from before the failover given back to the owner");
                 fence.with_ownership(|o| o.orphan_returned(p));
             }
@@ -365,7 +386,7 @@ struct MergeReturned {
     data: PartitionData,
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Handler for MergeReturned {
     async fn handle(&self, ctx: &HandlerContext, message: &Message) -> Result<Handled, HandlerError> {
         let (journal, data, p) = (ctx.journal.clone(), self.data.clone(), message.partition);
@@ -378,8 +399,9 @@ impl Handler for MergeReturned {
     }
 }
 
-/// The `routemq.v1.Handoff` service: answers other nodes' fetches from this node's journal,
-/// and takes back the history of returning nodes.
+/// Answers other nodes' fetches from this node's journal, and takes back the history of
+/// returning nodes: as a [`HandoffTarget`] (any peer network) and as the gRPC
+/// `routemq.v1.Handoff` service.
 pub struct HandoffService {
     fence: Arc<Fence>,
     journal: Journal,
@@ -395,52 +417,41 @@ impl HandoffService {
             processor,
         }
     }
-}
 
-type ChunkStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::FetchChunk, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl pb::handoff_server::Handoff for HandoffService {
-    type FetchStream = ChunkStream;
-
-    async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
-        let request = request.into_inner();
+    /// The answers to a fetch, one partition after the other, lazily (as the asker reads).
+    pub fn answer_fetch(
+        &self,
+        request: FetchRequest,
+    ) -> Result<BoxStream<'static, PartitionAnswer>, HandoffError> {
         if request.partitions.len() > 4 * FETCH_BATCH {
-            return Err(Status::invalid_argument("too many partitions in one fetch"));
+            return Err(HandoffError::Invalid("too many partitions in one fetch".into()));
         }
         let fence = self.fence.clone();
         let journal = self.journal.clone();
         let (epoch, requester) = (request.epoch, request.requester);
-        // Partitions are answered one after the other, lazily, as the asker reads the stream.
-        let stream = futures::stream::iter(request.partitions)
+        Ok(futures::stream::iter(request.partitions)
             .then(move |p| answer_one(fence.clone(), journal.clone(), p, epoch, requester.clone()))
-            .flat_map(|chunks| futures::stream::iter(chunks.into_iter().map(Ok)));
-        Ok(Response::new(Box::pin(stream)))
+            .boxed())
     }
 
-    async fn r#return(
-        &self,
-        request: Request<pb::ReturnRequest>,
-    ) -> Result<Response<pb::ReturnResponse>, Status> {
-        let request = request.into_inner();
+    /// Puts a returning node's history of a partition before the owner's own entries (as a job
+    /// in the partition's lane); how many entries it sent.
+    pub async fn take_back(&self, request: ReturnRequest) -> Result<u64, HandoffError> {
         let p = request.partition;
         let start = p.to_be_bytes();
-        let data = PartitionData {
-            entries: request.entries.into_iter().map(|kv| (kv.key, kv.value)).collect(),
-            ids: request.ids.into_iter().map(|kv| (kv.key, kv.value)).collect(),
-        };
+        let data = request.data;
         if data
             .entries
             .iter()
             .chain(&data.ids)
             .any(|(k, _)| !k.starts_with(&start))
         {
-            return Err(Status::invalid_argument(
-                "returned data holds keys of another partition",
+            return Err(HandoffError::Invalid(
+                "returned data holds keys of another partition".into(),
             ));
         }
         if !self.fence.with_ownership(|o| o.accepts_return(p)) {
-            return Err(Status::unavailable(format!("partition {p} is not active here")));
+            return Err(HandoffError::NotActive(p));
         }
         let entries = data.entries.len() as u64;
         let message = Message {
@@ -461,28 +472,90 @@ impl pb::handoff_server::Handoff for HandoffService {
             )
             .await
         {
-            Ok(_) => Ok(Response::new(pb::ReturnResponse { restored: entries })),
-            Err(ProcessError::Refused(r)) => Err(Status::unavailable(r.to_string())),
-            Err(ProcessError::Handler(e)) => Err(Status::internal(e.to_string())),
+            Ok(_) => Ok(entries),
+            Err(ProcessError::Refused(r)) => Err(HandoffError::Refused(r)),
+            Err(ProcessError::Handler(e)) => Err(HandoffError::Failed(e.to_string())),
         }
+    }
+
+    /// Which of `partitions` this node is the active owner of, and at which epoch.
+    pub fn answer_active_of(&self, partitions: &[u32]) -> Result<ActiveOf, HandoffError> {
+        if partitions.len() > 4 * FETCH_BATCH {
+            return Err(HandoffError::Invalid("too many partitions in one request".into()));
+        }
+        let (active, epoch) = self.fence.active_of(partitions);
+        Ok(ActiveOf { active, epoch })
+    }
+}
+
+#[async_trait::async_trait]
+impl HandoffTarget for HandoffService {
+    fn fetch(&self, request: FetchRequest) -> Result<BoxStream<'static, PartitionAnswer>, PeerError> {
+        Ok(self.answer_fetch(request)?)
+    }
+
+    async fn give_back(&self, request: ReturnRequest) -> Result<u64, PeerError> {
+        Ok(self.take_back(request).await?)
+    }
+
+    fn active_of(&self, partitions: &[u32]) -> Result<ActiveOf, PeerError> {
+        Ok(self.answer_active_of(partitions)?)
+    }
+}
+
+type ChunkStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::FetchChunk, Status>> + Send>>;
+
+fn status(e: HandoffError) -> Status {
+    crate::api::peer_status(&PeerError::from(e))
+}
+
+#[tonic::async_trait]
+impl pb::handoff_server::Handoff for HandoffService {
+    type FetchStream = ChunkStream;
+
+    async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
+        let answers = self.answer_fetch(request.into_inner().into()).map_err(status)?;
+        let chunks = answers.flat_map(|answer| {
+            futures::stream::iter(crate::peer::convert::handoff::chunks(answer).into_iter().map(Ok))
+        });
+        Ok(Response::new(Box::pin(chunks)))
+    }
+
+    async fn r#return(
+        &self,
+        request: Request<pb::ReturnRequest>,
+    ) -> Result<Response<pb::ReturnResponse>, Status> {
+        let restored = self
+            .take_back(request.into_inner().into())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ReturnResponse { restored }))
     }
 
     async fn active_of(
         &self,
         request: Request<pb::ActiveOfRequest>,
     ) -> Result<Response<pb::ActiveOfResponse>, Status> {
-        let request = request.into_inner();
-        if request.partitions.len() > 4 * FETCH_BATCH {
-            return Err(Status::invalid_argument("too many partitions in one request"));
-        }
-        let (active, epoch) = self.fence.active_of(&request.partitions);
-        Ok(Response::new(pb::ActiveOfResponse { active, epoch }))
+        let answer = self
+            .answer_active_of(&request.into_inner().partitions)
+            .map_err(status)?;
+        Ok(Response::new(answer.into()))
     }
 }
 
 /// A leaving node asks the owners of the partitions it handed over whether they are active
-/// with them, and marks those that are as confirmed. Returns how many were confirmed.
-pub async fn confirm_handed_over(fence: &Fence, config: &ConfigService) -> usize {
+/// with them (over gRPC), and marks those that are as confirmed. Returns how many were
+/// confirmed.
+pub async fn confirm_handed_over(fence: &Fence, config: &dyn ConfigSource) -> usize {
+    confirm_handed_over_via(&*crate::peer::grpc::shared(), fence, config).await
+}
+
+/// [`confirm_handed_over`] over `network`.
+pub async fn confirm_handed_over_via(
+    network: &dyn PeerNetwork,
+    fence: &Fence,
+    config: &dyn ConfigSource,
+) -> usize {
     let (unconfirmed, epoch) = fence.unconfirmed();
     if unconfirmed.is_empty() {
         return 0;
@@ -499,17 +572,7 @@ pub async fn confirm_handed_over(fence: &Fence, config: &ConfigService) -> usize
         Some(async move {
             let mut confirmed = Vec::new();
             for chunk in partitions.chunks(4 * FETCH_BATCH) {
-                let asked = async {
-                    let channel = lazy_channel(&addr).map_err(|e| e.to_string())?;
-                    pb::handoff_client::HandoffClient::new(channel)
-                        .active_of(pb::ActiveOfRequest {
-                            partitions: chunk.to_vec(),
-                        })
-                        .await
-                        .map(|r| r.into_inner())
-                        .map_err(|s| s.message().to_string())
-                };
-                match tokio::time::timeout(FETCH_TIMEOUT, asked).await {
+                match tokio::time::timeout(FETCH_TIMEOUT, network.active_of(&addr, chunk.to_vec())).await {
                     // An owner behind our epoch may still lose the partition: ask again later.
                     Ok(Ok(answer)) if answer.epoch >= epoch => confirmed.extend(answer.active),
                     Ok(Ok(_)) => {}
@@ -529,79 +592,29 @@ pub async fn confirm_handed_over(fence: &Fence, config: &ConfigService) -> usize
     confirmed.len()
 }
 
-/// The chunks answering a fetch of one partition.
+/// The answer to a fetch of one partition.
 async fn answer_one(
     fence: Arc<Fence>,
     journal: Journal,
     p: u32,
     epoch: u64,
     requester: String,
-) -> Vec<pb::FetchChunk> {
+) -> PartitionAnswer {
     match fence.with_ownership(|o| o.serve(p, epoch)) {
-        Answer::NotHolder => vec![status_chunk(p, pb::FetchStatus::NotHolder)],
-        Answer::NotYet => vec![status_chunk(p, pb::FetchStatus::NotYet)],
         Answer::Data { version } => {
             match tokio::task::spawn_blocking(move || journal.export_partition(p)).await {
                 Ok(Ok(data)) => {
                     tracing::debug!(partition = p, to = %requester, version, entries = data.entries.len(),
                     "handing partition over");
-                    data_chunks(p, version, data)
+                    (p, Answer::Data { version }, Some(data))
                 }
                 Ok(Err(e)) => {
                     tracing::error!(partition = p, error = %e, "cannot export partition");
-                    vec![status_chunk(p, pb::FetchStatus::NotYet)]
+                    (p, Answer::NotYet, None)
                 }
-                Err(_) => vec![status_chunk(p, pb::FetchStatus::NotYet)],
+                Err(_) => (p, Answer::NotYet, None),
             }
         }
+        other => (p, other, None),
     }
-}
-
-fn status_chunk(partition: u32, status: pb::FetchStatus) -> pb::FetchChunk {
-    pb::FetchChunk {
-        partition,
-        status: status as i32,
-        last: true,
-        ..Default::default()
-    }
-}
-
-fn data_chunks(partition: u32, version: u64, data: PartitionData) -> Vec<pb::FetchChunk> {
-    let mut chunks = Vec::new();
-    let mut current = pb::FetchChunk {
-        partition,
-        status: pb::FetchStatus::Data as i32,
-        version,
-        ..Default::default()
-    };
-    let mut size = 0usize;
-    let pairs = data
-        .entries
-        .into_iter()
-        .map(|kv| (true, kv))
-        .chain(data.ids.into_iter().map(|kv| (false, kv)));
-    for (is_entry, (key, value)) in pairs {
-        size += key.len() + value.len();
-        let kv = pb::KeyValue { key, value };
-        if is_entry {
-            current.entries.push(kv);
-        } else {
-            current.ids.push(kv);
-        }
-        if size >= CHUNK_BYTES {
-            chunks.push(std::mem::replace(
-                &mut current,
-                pb::FetchChunk {
-                    partition,
-                    status: pb::FetchStatus::Data as i32,
-                    version,
-                    ..Default::default()
-                },
-            ));
-            size = 0;
-        }
-    }
-    current.last = true;
-    chunks.push(current);
-    chunks
 }

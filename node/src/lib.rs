@@ -34,6 +34,7 @@ pub mod message;
 pub mod metrics;
 pub mod node;
 pub mod ownership;
+pub mod peer;
 pub mod processor;
 pub mod publisher;
 pub mod replication;

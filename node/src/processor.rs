@@ -38,8 +38,15 @@ struct Job {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// Another node owns the partition (or will, once the handoff is done): re-send there.
-    #[error("{0}")]
-    Moved(String),
+    #[error("partition {partition} is not this node's at epoch {epoch} (owner {})", owner.as_deref().unwrap_or("none"))]
+    Moved {
+        /// The partition.
+        partition: u32,
+        /// Its owner at `epoch`, if any.
+        owner: Option<String>,
+        /// The epoch this node last observed.
+        epoch: u64,
+    },
     /// This node cannot process now (no valid ownership lease, shutting down).
     #[error("{0}")]
     Unavailable(String),

@@ -165,8 +165,9 @@ impl Messages for MessagesApi {
         request: Request<pb::ReadJournalRequest>,
     ) -> Result<Response<pb::ReadJournalResponse>, Status> {
         self.dispatcher
-            .read_journal(request.into_inner(), false)
+            .read_journal(request.into_inner().into(), false)
             .await
-            .map(Response::new)
+            .map(|page| Response::new(page.into()))
+            .map_err(|e| super::journal_read_status(&e))
     }
 }

@@ -17,8 +17,10 @@ use tonic::{Request, Response, Status};
 use crate::config::state::{ConfigError, Member, MemberState};
 use crate::config::{ConfigService, ConfigServiceError, ConfigView};
 use crate::coordinator::{is_alive, AdminError, Coordinator};
+use crate::coordinator::{JoinOutcome, LeaseGrant};
 use crate::membership::{Membership, Peer};
 use crate::message::PublishError;
+use crate::peer::{ClusterTarget, JoinRequest, PeerError, PeerNetwork, Refusal};
 
 pub mod messages;
 pub mod routes;
@@ -87,6 +89,82 @@ impl From<ApiError> for Status {
     }
 }
 
+impl From<ApiError> for PeerError {
+    /// The same error as a peer sees it (what [`crate::peer::convert::status`] reads back from
+    /// the `Status` above).
+    fn from(err: ApiError) -> PeerError {
+        let message = err.to_string();
+        match err {
+            ApiError::Config(e) | ApiError::Admin(AdminError::Config(e)) => match e {
+                ConfigServiceError::NotLeader { leader_addr, .. } => PeerError::NotLeader {
+                    leader: leader_addr.filter(|a| !a.is_empty()),
+                },
+                ConfigServiceError::Rejected(ConfigError::UnknownNode(_) | ConfigError::UnknownRoute(_)) => {
+                    PeerError::refused(Refusal::NotFound, message)
+                }
+                ConfigServiceError::Rejected(ConfigError::InvalidRoute(_) | ConfigError::Invalid { .. }) => {
+                    PeerError::refused(Refusal::Invalid, message)
+                }
+                ConfigServiceError::Rejected(_) => PeerError::refused(Refusal::Rejected, message),
+                ConfigServiceError::Unavailable(_) => PeerError::Unavailable(message),
+            },
+            ApiError::Admin(AdminError::NodeIdInUse { .. }) => PeerError::refused(Refusal::Conflict, message),
+            ApiError::Admin(AdminError::ClusterMismatch { .. }) => {
+                PeerError::refused(Refusal::Denied, message)
+            }
+            ApiError::Admin(AdminError::Invalid(_)) | ApiError::InvalidArgument(_) => {
+                PeerError::refused(Refusal::Invalid, message)
+            }
+        }
+    }
+}
+
+/// The gRPC status of a peer error: what a node answers its peers (handoff, forwarded journal
+/// reads) and what it passes on from a peer (a forwarded leave, a journal read at the owner).
+/// [`crate::peer::convert::status::from_status`] reads it back.
+pub fn peer_status(error: &PeerError) -> Status {
+    let message = error.to_string();
+    match error {
+        PeerError::NotLeader { leader } => {
+            let mut status = Status::failed_precondition(message);
+            let addr = leader
+                .as_deref()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| tonic::metadata::MetadataValue::from_static(""));
+            status
+                .metadata_mut()
+                .insert(routemq_proto::LEADER_ADDR_METADATA, addr);
+            status
+        }
+        PeerError::Unreachable { .. } | PeerError::Unavailable(_) | PeerError::NotOwner { .. } => {
+            Status::unavailable(message)
+        }
+        PeerError::Timeout => Status::deadline_exceeded(message),
+        PeerError::Refused { kind, .. } => match kind {
+            Refusal::NotFound => Status::not_found(message),
+            Refusal::Invalid => Status::invalid_argument(message),
+            Refusal::Conflict => Status::already_exists(message),
+            Refusal::Denied => Status::permission_denied(message),
+            Refusal::Rejected => Status::failed_precondition(message),
+            Refusal::Internal => Status::internal(message),
+        },
+        PeerError::Protocol(_) => Status::internal(message),
+    }
+}
+
+/// The gRPC status of a failed journal read.
+pub fn journal_read_status(error: &crate::dispatch::ReadError) -> Status {
+    use crate::dispatch::ReadError;
+    let message = error.to_string();
+    match error {
+        ReadError::Invalid(_) => Status::invalid_argument(message),
+        ReadError::NoRoute(_) => Status::not_found(message),
+        ReadError::Unavailable(_) => Status::unavailable(message),
+        ReadError::Internal(_) => Status::internal(message),
+        ReadError::Peer(e) => peer_status(e),
+    }
+}
+
 /// The gRPC status of a publish failure (used by unary and streaming publish alike).
 pub fn publish_error_status(error: &PublishError) -> Status {
     let message = error.to_string();
@@ -118,6 +196,7 @@ pub struct ClusterApi {
     membership: Arc<Membership>,
     coordinator: Arc<Coordinator>,
     leave: tokio::sync::watch::Sender<bool>,
+    network: Arc<dyn PeerNetwork>,
 }
 
 impl ClusterApi {
@@ -135,7 +214,42 @@ impl ClusterApi {
             membership,
             coordinator,
             leave,
+            network: crate::peer::grpc::shared(),
         }
+    }
+
+    /// The same API, passing leaves on over `network` instead of gRPC.
+    pub fn with_network(mut self, network: Arc<dyn PeerNetwork>) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// Leaves if `node_id` is this node; otherwise passes the request on to that node.
+    async fn leave_or_pass_on(&self, node_id: &str) -> Result<u64, PeerError> {
+        if node_id.is_empty() {
+            return Err(PeerError::from(ApiError::InvalidArgument(
+                "node_id is required".into(),
+            )));
+        }
+        let view = self.config.local_view();
+        if node_id == self.node_id {
+            tracing::info!("asked to leave the cluster");
+            self.leave.send_replace(true);
+            return Ok(view.state.config.epoch);
+        }
+        let addr = view
+            .state
+            .config
+            .members
+            .get(node_id)
+            .map(|m| m.grpc_addr.clone())
+            .ok_or_else(|| {
+                PeerError::refused(
+                    Refusal::NotFound,
+                    format!("node {node_id:?} is not a member of the cluster"),
+                )
+            })?;
+        self.network.leave(&addr, node_id).await
     }
 
     async fn view(&self, consistency: i32) -> Result<(ConfigView, pb::ReadConsistency), ApiError> {
@@ -340,31 +454,11 @@ impl Cluster for ClusterApi {
 
     async fn leave(&self, request: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveResponse>, Status> {
         let node_id = request.into_inner().node_id;
-        if node_id.is_empty() {
-            return Err(ApiError::InvalidArgument("node_id is required".into()).into());
-        }
-        let view = self.config.local_view();
-        if node_id == self.node_id {
-            tracing::info!("asked to leave the cluster");
-            self.leave.send_replace(true);
-            return Ok(Response::new(pb::LeaveResponse {
-                epoch: view.state.config.epoch,
-            }));
-        }
-        // Not us: pass it on to the node that is to leave.
-        let addr = view
-            .state
-            .config
-            .members
-            .get(&node_id)
-            .map(|m| m.grpc_addr.clone())
-            .ok_or_else(|| Status::not_found(format!("node {node_id:?} is not a member of the cluster")))?;
-        let channel =
-            crate::config::network::lazy_channel(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
-        let mut client = pb::cluster_client::ClusterClient::new(channel);
-        let mut forwarded = Request::new(pb::LeaveRequest { node_id });
-        forwarded.set_timeout(std::time::Duration::from_secs(5));
-        client.leave(forwarded).await
+        let epoch = self
+            .leave_or_pass_on(&node_id)
+            .await
+            .map_err(|e| peer_status(&e))?;
+        Ok(Response::new(pb::LeaveResponse { epoch }))
     }
 
     async fn renew_lease(
@@ -406,5 +500,43 @@ impl Cluster for ClusterApi {
             epoch: outcome.epoch,
             voter: outcome.voter,
         }))
+    }
+}
+
+/// The same administration, for peers on the in-memory network ([`crate::peer::memory`]).
+#[async_trait::async_trait]
+impl ClusterTarget for ClusterApi {
+    async fn renew_lease(&self, node_id: &str, raft_id: u64) -> Result<LeaseGrant, PeerError> {
+        Ok(self
+            .coordinator
+            .renew_lease(node_id, raft_id)
+            .await
+            .map_err(ApiError::from)?)
+    }
+
+    async fn join(&self, request: JoinRequest) -> Result<JoinOutcome, PeerError> {
+        crate::config::state::validate_member(&request.member)
+            .map_err(|e| ApiError::Admin(AdminError::Invalid(e.to_string())))?;
+        Ok(self
+            .coordinator
+            .join(request.member, &request.cluster_id)
+            .await
+            .map_err(ApiError::from)?)
+    }
+
+    async fn remove_node(&self, node_id: &str, graceful: bool) -> Result<u64, PeerError> {
+        if node_id.is_empty() {
+            return Err(ApiError::InvalidArgument("node_id is required".into()).into());
+        }
+        let removed = if graceful {
+            self.coordinator.start_leave(node_id).await
+        } else {
+            self.coordinator.remove(node_id).await
+        };
+        Ok(removed.map_err(ApiError::from)?)
+    }
+
+    async fn leave(&self, node_id: &str) -> Result<u64, PeerError> {
+        self.leave_or_pass_on(node_id).await
     }
 }

@@ -7,18 +7,17 @@
 //! counts as entered. Joining asks the leader found through gossip, follows its NotLeader
 //! hints and retries with backoff until admitted or refused for good.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use routemq_proto::v1 as pb;
-use routemq_proto::v1::cluster_client::ClusterClient;
-
 use super::NodeError;
-use crate::backoff::Backoff;
-use crate::config::network::lazy_channel;
 use crate::config::state::{Command, Member};
 use crate::config::ConfigService;
+use crate::coordinator::JoinOutcome;
 use crate::datadir::DataDir;
 use crate::membership::Membership;
+use crate::peer::leader::{LeaderClient, RaftAndGossip};
+use crate::peer::JoinRequest;
 use crate::settings::Settings;
 
 /// Bootstraps, joins, or resumes membership. Returns once this node is a ring member.
@@ -27,8 +26,8 @@ pub(super) async fn enter_cluster(
     settings: &Settings,
     data_dir: &mut DataDir,
     initialized: bool,
-    config: &ConfigService,
-    membership: &Membership,
+    config: &Arc<ConfigService>,
+    membership: &Arc<Membership>,
 ) -> Result<(), NodeError> {
     let identity = data_dir.identity().clone();
     let me = me_of(settings, identity.raft_id);
@@ -49,7 +48,7 @@ pub(super) async fn enter_cluster(
         }
         // The directory says we left (or were removed): join again, as a fresh member.
         tracing::info!(cluster_id = %identity.cluster_id, "no longer a member (left or removed); joining again");
-        return join(settings, data_dir, config, membership, me).await;
+        return join(data_dir, config, membership, me).await;
     }
     if !settings.bootstrap && settings.seeds.is_empty() {
         return Err(NodeError::NoWayIn(data_dir.path().display().to_string()));
@@ -57,7 +56,7 @@ pub(super) async fn enter_cluster(
     if settings.bootstrap {
         bootstrap(settings, data_dir, config, membership, me).await
     } else {
-        join(settings, data_dir, config, membership, me).await
+        join(data_dir, config, membership, me).await
     }
 }
 
@@ -172,13 +171,12 @@ async fn bootstrap(
 
 /// Joins through the seeds and waits until the applied config has this node as a member.
 async fn join(
-    settings: &Settings,
     data_dir: &mut DataDir,
-    config: &ConfigService,
-    membership: &Membership,
+    config: &Arc<ConfigService>,
+    membership: &Arc<Membership>,
     me: Member,
 ) -> Result<(), NodeError> {
-    let response = join_loop(settings, membership, &me, &data_dir.identity().cluster_id).await?;
+    let response = join_through_leader(config, membership, &me, &data_dir.identity().cluster_id).await?;
     data_dir.set_cluster_id(&response.cluster_id)?;
     membership.set_cluster_id(&response.cluster_id).await;
     tracing::info!(cluster_id = %response.cluster_id, epoch = response.epoch, voter = response.voter, "joined");
@@ -186,73 +184,23 @@ async fn join(
     Ok(())
 }
 
-/// Asks the leader (found through gossip) to admit `me`, until it does or refuses for good.
-pub(super) async fn join_loop(
-    settings: &Settings,
-    membership: &Membership,
+/// Asks the leader (found through gossip, following its hints) to admit `me`, until it does
+/// or refuses for good (another cluster, a node id held by another incarnation).
+pub(super) async fn join_through_leader(
+    config: &Arc<ConfigService>,
+    membership: &Arc<Membership>,
     me: &Member,
     cluster_id: &str,
-) -> Result<pb::JoinResponse, NodeError> {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    let started = Instant::now();
-    let mut hinted: Option<String> = None;
-    loop {
-        let target = match hinted.take() {
-            Some(addr) => Some(addr),
-            None => membership.leader_hint(me.raft_id).await,
-        };
-        let Some(target) = target else {
-            if started.elapsed() > Duration::from_secs(2) {
-                tracing::warn!(seeds = ?settings.seeds, retry_in = ?backoff.peek(),
-                    "no RouteMQ node reachable through the seeds yet; retrying");
-            }
-            tokio::time::sleep(backoff.next_delay()).await;
-            continue;
-        };
-        tracing::info!(via = %target, "asking to join the cluster");
-        match request_join(&target, me, cluster_id).await {
-            Ok(response) => return Ok(response),
-            Err(status) => match status.code() {
-                tonic::Code::AlreadyExists | tonic::Code::PermissionDenied | tonic::Code::InvalidArgument => {
-                    return Err(NodeError::JoinRejected(status.message().to_string()));
-                }
-                tonic::Code::FailedPrecondition => {
-                    hinted = status
-                        .metadata()
-                        .get(routemq_proto::LEADER_ADDR_METADATA)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string);
-                    if hinted.is_none() {
-                        // Not the leader, and it does not know one: wait, without backing off.
-                        tokio::time::sleep(backoff.peek()).await;
-                    }
-                }
-                _ => {
-                    tracing::warn!(via = %target, error = %status.message(), retry_in = ?backoff.peek(), "join attempt failed; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-            },
-        }
-    }
-}
-
-/// One `Cluster/Join` call to `target`.
-async fn request_join(
-    target: &str,
-    me: &Member,
-    cluster_id: &str,
-) -> Result<pb::JoinResponse, tonic::Status> {
-    let channel = lazy_channel(target).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut client = ClusterClient::new(channel);
-    let mut request = tonic::Request::new(pb::JoinRequest {
-        node_id: me.node_id.clone(),
-        raft_id: me.raft_id,
-        cluster_id: cluster_id.to_string(),
-        grpc_addr: me.grpc_addr.clone(),
-        gossip_addr: me.gossip_addr.clone(),
-        http_addr: me.http_addr.clone(),
-        weight: me.weight,
-    });
-    request.set_timeout(Duration::from_secs(45));
-    client.join(request).await.map(|r| r.into_inner())
+) -> Result<JoinOutcome, NodeError> {
+    let leader = LeaderClient::new(
+        crate::peer::grpc::shared(),
+        Arc::new(RaftAndGossip::new(config.clone(), membership.clone())),
+    );
+    leader
+        .join(JoinRequest {
+            member: me.clone(),
+            cluster_id: cluster_id.to_string(),
+        })
+        .await
+        .map_err(|e| NodeError::JoinRejected(e.to_string()))
 }

@@ -8,31 +8,29 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use routemq_proto::v1 as pb;
-use routemq_proto::v1::cluster_client::ClusterClient;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::enter::join_loop;
-use crate::config::network::lazy_channel;
+use super::enter::join_through_leader;
 use crate::config::state::Member;
 use crate::config::ConfigService;
 use crate::coordinator::Coordinator;
 use crate::fencing::Fence;
 use crate::membership::{Lifecycle, Membership};
-use crate::settings::Settings;
+use crate::peer::leader::{LeaderClient, RaftAndGossip};
+use crate::peer::{PeerError, Refusal};
 
 /// Joins again after the leader said this node is no longer a member (it was failed over
 /// while cut off or paused). Its partitions were dropped by the fence; as a fresh member it
 /// gets partitions back by handoff.
-pub(super) struct Rejoin<'a> {
-    pub(super) settings: &'a Settings,
+pub(super) struct Rejoin {
     pub(super) cluster_id: String,
     pub(super) me: Member,
+    pub(super) config: Arc<ConfigService>,
     pub(super) membership: Arc<Membership>,
 }
 
-impl Rejoin<'_> {
+impl Rejoin {
     /// Runs until `leaving` (never returns otherwise).
     pub(super) async fn run(&self, removed: &mut watch::Receiver<bool>, leaving: CancellationToken) {
         loop {
@@ -44,7 +42,7 @@ impl Rejoin<'_> {
             tracing::info!("rejoining the cluster as a fresh member");
             let joined = tokio::select! {
                 _ = leaving.cancelled() => return std::future::pending().await,
-                r = join_loop(self.settings, &self.membership, &self.me, &self.cluster_id) => r,
+                r = join_through_leader(&self.config, &self.membership, &self.me, &self.cluster_id) => r,
             };
             match joined {
                 Ok(response) => {
@@ -183,46 +181,21 @@ impl Leave<'_> {
                 other => LeaveStep::Retry(other.to_string()),
             });
         }
-        let metrics = self.config.metrics();
-        let mut addr = metrics.current_leader.and_then(|l| {
-            metrics
-                .membership_config
-                .membership()
-                .get_node(&l)
-                .map(|n| n.addr.clone())
-        });
-        if addr.is_none() {
-            addr = self.membership.leader_hint(self.config.raft_id()).await;
-        }
-        let mut addr = addr.ok_or_else(|| LeaveStep::Retry("no Raft leader known".into()))?;
-        // Follow NotLeader hints a few hops (our own Raft view may be stale).
-        for _ in 0..3 {
-            let channel = lazy_channel(&addr).map_err(|e| LeaveStep::Retry(e.to_string()))?;
-            let mut client = ClusterClient::new(channel);
-            let mut request = tonic::Request::new(pb::RemoveNodeRequest {
-                node_id: self.node_id.to_string(),
-                graceful,
-            });
-            request.set_timeout(Duration::from_secs(5));
-            match client.remove_node(request).await {
-                Ok(r) => return Ok(r.into_inner().epoch),
-                Err(s) if matches!(s.code(), tonic::Code::NotFound) => {
-                    return Err(LeaveStep::Final(s.message().to_string()))
-                }
-                Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                    match s.metadata().get(routemq_proto::LEADER_ADDR_METADATA) {
-                        // LastMember and other rejections by the state machine: final.
-                        None => return Err(LeaveStep::Final(s.message().to_string())),
-                        Some(hint) => match hint.to_str().ok().filter(|h| !h.is_empty()) {
-                            Some(hint) => addr = hint.to_string(),
-                            None => return Err(LeaveStep::Retry(s.message().to_string())),
-                        },
-                    }
-                }
-                Err(s) => return Err(LeaveStep::Retry(s.message().to_string())),
-            }
-        }
-        Err(LeaveStep::Retry("the leader moved while asking".into()))
+        let leader = LeaderClient::new(
+            crate::peer::grpc::shared(),
+            Arc::new(RaftAndGossip::new(self.config.clone(), self.membership.clone())),
+        );
+        leader
+            .remove_node(self.node_id, graceful)
+            .await
+            .map_err(|e| match e {
+                // Not a member any more, or the config refuses (the last member cannot leave).
+                PeerError::Refused {
+                    kind: Refusal::NotFound | Refusal::Rejected,
+                    message,
+                } => LeaveStep::Final(message),
+                other => LeaveStep::Retry(other.to_string()),
+            })
     }
 }
 

@@ -446,9 +446,9 @@ impl Node {
         };
         let leaving = CancellationToken::new();
         let rejoin = Rejoin {
-            settings: &self.settings,
             cluster_id: data_dir.identity().cluster_id.clone(),
             me: me_of(&self.settings, data_dir.identity().raft_id),
+            config: self.config.clone(),
             membership: self.membership.clone(),
         };
         let outcome = tokio::select! {
