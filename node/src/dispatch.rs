@@ -167,6 +167,8 @@ impl Dispatcher {
         };
         let deadline = started + DISPATCH_TIMEOUT;
         let mut backoff = Duration::from_millis(20);
+        // Once per message: not again on re-sends below, nor on an ingress's retries.
+        let mut counted = inbound.retry;
         loop {
             let view = self.config.local_view();
             let found = view
@@ -178,8 +180,11 @@ impl Dispatcher {
             let params = params_vec(found.params());
             let partition = partition_for_key(&view.state.config.ring, &key);
             let epoch = view.state.config.epoch;
-            metrics::counter!(crate::metrics::MESSAGES_RECEIVED, "route" => spec.name.clone()).increment(1);
-            self.ctx.stats.record_received();
+            if !std::mem::replace(&mut counted, true) {
+                metrics::counter!(crate::metrics::MESSAGES_RECEIVED, "route" => spec.name.clone())
+                    .increment(1);
+                self.ctx.stats.record_received();
+            }
             let accepted = |processed_by: String, epoch: u64| Accepted {
                 message_id: message_id.clone(),
                 route: spec.name.clone(),

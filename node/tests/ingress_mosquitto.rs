@@ -478,6 +478,13 @@ async fn ordered_route_retries_in_place_on_retryable_failures() {
         }
         let ids: HashSet<&str> = attempts.iter().map(|m| m.message_id.as_str()).collect();
         assert_eq!(ids.len(), 500, "one id per message");
+        // Retries say so: the dispatcher counts a message received once, not once per attempt.
+        let first_attempts: Vec<u64> = attempts.iter().filter(|m| !m.retry).map(seq_of).collect();
+        assert_eq!(
+            first_attempts,
+            (0..500).collect::<Vec<u64>>(),
+            "every message's first attempt, and only it, is not a retry"
+        );
         println!("ordered route with retryable failures: {failures} retries, order kept");
         ingress.handle.shutdown().await;
     })
@@ -1239,6 +1246,62 @@ async fn plan_changes_start_and_stop_connections_by_route() {
             ingress.status().connections.is_empty()
         })
         .await;
+        ingress.handle.shutdown().await;
+    })
+    .await;
+}
+
+/// `--max-payload-bytes` is the MQTT ingress's limit too (it used to stay at 256 KiB, so larger
+/// messages were acknowledged and dropped): a message under the node's limit is dispatched, one
+/// over it is refused (acknowledged, counted as rejected with its reason, logged), as gRPC
+/// refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_node_payload_limit_reaches_the_mqtt_ingress() {
+    use routemq_node::settings::{FileSettings, Settings, StartArgs};
+    bounded(async {
+        let broker = Mosquitto::start();
+        let limit = 512 * 1024;
+        let node = Settings::merge(
+            StartArgs {
+                node_id: Some("n1".into()),
+                bootstrap: true,
+                mqtt: Some(format!("127.0.0.1:{}", broker.port())),
+                max_payload_bytes: Some(limit),
+                ..Default::default()
+            },
+            FileSettings::default(),
+        )
+        .expect("node settings");
+        let mut s = node.mqtt.expect("MQTT settings from --mqtt");
+        s.reconnect_backoff_min = Duration::from_millis(100);
+        s.reconnect_backoff_max = Duration::from_secs(1);
+        let dispatcher = FakeDispatcher::accepting();
+        let plan = IngressPlan {
+            shared: vec![],
+            ordered_held: vec![ordered("big", "big/#", "routemq-big")],
+        };
+        let ingress = Ingress::start(s, dispatcher.clone(), plan);
+        ingress.ready(1).await;
+        let messages = vec![
+            ("big/k".to_string(), payload(0, 300 * 1024)),
+            ("big/k".to_string(), payload(1, limit + 1)),
+            ("big/k".to_string(), payload(2, limit)),
+        ];
+        publish_all(broker.port(), "pub-big", messages).await;
+        wait_for("3 messages acknowledged", Duration::from_secs(20), || {
+            ingress.status().connections[0].acked == 3
+        })
+        .await;
+        assert_eq!(
+            dispatcher.accepted_seqs(),
+            [0, 2],
+            "300 KiB and exactly the limit are dispatched; one byte over is not"
+        );
+        assert_eq!(
+            ingress.status().connections[0].rejected,
+            1,
+            "the message over the limit is recorded as refused"
+        );
         ingress.handle.shutdown().await;
     })
     .await;
