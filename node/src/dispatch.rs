@@ -361,13 +361,17 @@ impl Dispatcher {
         };
         let deadline = started + DISPATCH_TIMEOUT;
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+        // Once per message: not again on re-sends below, nor on an ingress's retries.
+        let mut counted = inbound.retry;
         loop {
             let view = self.config.local_view();
             let decision = route(&view, &self.node_id, &self.fence.lease_status(), &inbound.topic);
             if let RouteDecision::Local(routed) | RouteDecision::Remote { routed, .. } = &decision {
-                metrics::counter!(crate::metrics::MESSAGES_RECEIVED, "route" => routed.spec.name.clone())
-                    .increment(1);
-                self.ctx.stats.record_received();
+                if !std::mem::replace(&mut counted, true) {
+                    metrics::counter!(crate::metrics::MESSAGES_RECEIVED, "route" => routed.spec.name.clone())
+                        .increment(1);
+                    self.ctx.stats.record_received();
+                }
             }
             let retry_reason = match decision {
                 RouteDecision::Reject(rejection) => return Err(rejection.into()),

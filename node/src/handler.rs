@@ -97,6 +97,25 @@ pub enum RepublishError {
         /// What is wrong with it.
         source: TopicError,
     },
+    /// The broker did not acknowledge the publish: not connected in time, the connection lost
+    /// before the PUBACK (QoS 1), no PUBACK in time, or the publisher stopped.
+    #[error("cannot republish to {topic:?}: {reason}")]
+    NotAcknowledged {
+        /// The target topic.
+        topic: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The payload is over the node's payload limit (`--max-payload-bytes`).
+    #[error("cannot republish {size} bytes to {topic:?}: over the payload limit of {limit} bytes")]
+    TooLarge {
+        /// The target topic.
+        topic: String,
+        /// Payload size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The MQTT client refused the publish.
     #[error("cannot publish to {topic:?}: {source}")]
     Client {
@@ -110,7 +129,8 @@ pub enum RepublishError {
 /// Publishes MQTT messages (used by `republish`).
 #[async_trait]
 pub trait Publisher: Send + Sync + 'static {
-    /// Publishes `payload` to `topic` with `qos`; resolves when the broker accepted it (QoS 1).
+    /// Publishes `payload` to `topic` with `qos`; resolves when the broker acknowledged it
+    /// (QoS 1; QoS 0: once written), never when it is only queued.
     async fn publish(&self, topic: &str, payload: &[u8], qos: u8) -> Result<(), RepublishError>;
 }
 

@@ -21,6 +21,9 @@ pub struct InboundMessage {
     /// owner elsewhere accepts it only if this node is at the owner's epoch (a holder that
     /// lost the route cannot slip a message in after the next holder's).
     pub ordered_ingress: bool,
+    /// An ingress's in-place retry of a message it dispatched before (same delivery, same
+    /// id): `routemq_messages_received_total` counted it on its first attempt.
+    pub retry: bool,
 }
 
 /// What the cluster did with an accepted message.

@@ -6,6 +6,7 @@
 //! Latencies and batch sizes are real Prometheus histograms with fixed buckets
 //! ([`LATENCY_BUCKETS`], [`BATCH_BUCKETS`]): they aggregate across nodes, unlike quantiles.
 
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -63,6 +64,12 @@ pub const PARTITION_PHASE: &str = "routemq_partitions";
 pub const LEASE_VALID: &str = "routemq_lease_valid";
 /// Members the leader failed over (removed as dead).
 pub const FAILOVERS: &str = "routemq_failovers_total";
+/// Always 1, labelled with the node's `version`.
+pub const BUILD_INFO: &str = "routemq_build_info";
+/// Bytes available (to the node's user) on the filesystem of the data directory.
+pub const DISK_FREE_BYTES: &str = "routemq_disk_free_bytes";
+/// Bytes the journal (and dead-letter journal) takes in the data directory.
+pub const JOURNAL_BYTES: &str = "routemq_journal_bytes";
 
 /// Bucket bounds (seconds) of the latency histograms: 100 us to 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -100,6 +107,7 @@ pub fn install() -> Option<PrometheusHandle> {
         .get_or_init(|| match builder().install_recorder() {
             Ok(handle) => {
                 describe();
+                record_build_info();
                 Some(handle)
             }
             Err(e) => {
@@ -130,6 +138,90 @@ fn describe() {
     );
     describe_gauge!(PARTITION_PHASE, "Partitions per ownership phase on this node");
     describe_gauge!(LEASE_VALID, "1 while this node's ownership lease is valid");
+    describe_gauge!(BUILD_INFO, "Always 1; the label `version` is the node's version");
+    describe_gauge!(
+        DISK_FREE_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes available on the filesystem of the data directory"
+    );
+    describe_gauge!(
+        JOURNAL_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes the journal takes in the data directory"
+    );
+}
+
+/// Sets `routemq_build_info{version}` to 1.
+pub fn record_build_info() {
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// The data directory's figures, sampled by the status loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskGauges {
+    /// Bytes available on the data directory's filesystem.
+    pub free_bytes: u64,
+    /// Bytes under the journal directory.
+    pub journal_bytes: u64,
+}
+
+/// Samples the data directory (blocking: run it off the async threads). An error names the
+/// path and the OS error.
+pub fn sample_disk(data_dir: &Path, journal_dir: &Path) -> Result<DiskGauges, String> {
+    let free_bytes = disk_free_bytes(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let journal_bytes = dir_bytes(journal_dir).map_err(|e| format!("{}: {e}", journal_dir.display()))?;
+    Ok(DiskGauges {
+        free_bytes,
+        journal_bytes,
+    })
+}
+
+/// Publishes the sampled data-directory figures.
+pub fn record_disk_gauges(g: &DiskGauges) {
+    gauge!(DISK_FREE_BYTES).set(g.free_bytes as f64);
+    gauge!(JOURNAL_BYTES).set(g.journal_bytes as f64);
+}
+
+/// Bytes available to unprivileged users on the filesystem holding `path` (`statvfs`:
+/// `f_bavail * f_frsize`, as `df` shows them).
+pub fn disk_free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` points to writable memory
+    // of the right type; statvfs fills it in on success and we read it only then.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs succeeded, so `stat` is initialized (it was zeroed before, too).
+    let stat = unsafe { stat.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+/// Total size of the regular files under `dir`, recursively (symbolic links are not followed;
+/// files that vanish during the walk, as RocksDB compacts, are skipped).
+pub fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                total = total.saturating_add(meta.len());
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// Cluster-state figures sampled by the status loop.
@@ -213,5 +305,40 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("quantile="), "no summaries left: {text}");
+    }
+
+    #[test]
+    fn build_info_and_disk_gauges_render() {
+        let recorder = builder().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            record_build_info();
+            record_disk_gauges(&DiskGauges {
+                free_bytes: 1_000_000,
+                journal_bytes: 4096,
+            });
+        });
+        let text = handle.render();
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            text.contains(&format!("routemq_build_info{{version=\"{version}\"}} 1")),
+            "{text}"
+        );
+        assert!(text.contains("routemq_disk_free_bytes 1000000"), "{text}");
+        assert!(text.contains("routemq_journal_bytes 4096"), "{text}");
+    }
+
+    #[test]
+    fn disk_figures_of_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("journal");
+        std::fs::create_dir_all(journal.join("sub")).unwrap();
+        std::fs::write(journal.join("a"), vec![0u8; 1000]).unwrap();
+        std::fs::write(journal.join("sub").join("b"), vec![0u8; 234]).unwrap();
+        let g = sample_disk(dir.path(), &journal).unwrap();
+        assert_eq!(g.journal_bytes, 1234);
+        assert!(g.free_bytes > 0, "a writable filesystem has room: {g:?}");
+        let err = sample_disk(&dir.path().join("missing"), &journal).unwrap_err();
+        assert!(err.contains("missing") && err.contains("No such file"), "{err}");
     }
 }

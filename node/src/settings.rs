@@ -547,6 +547,7 @@ impl Settings {
                 args.mqtt.or(file.mqtt),
                 args.mqtt_ordered_in_flight.or(file.mqtt_ordered_in_flight),
                 &node_id_for_mqtt,
+                max_payload_bytes,
             )?,
             replication,
         })
@@ -571,11 +572,13 @@ pub fn load_routes(path: &Path) -> Result<Vec<RouteSpec>, SettingsError> {
 }
 
 /// MQTT settings from the `MQTT_*` environment, with `--mqtt HOST:PORT` taking precedence.
-/// None when neither names a broker.
+/// None when neither names a broker. The node's payload limit is the ingress's too: one limit
+/// for every ingress (gRPC and MQTT) and for the `republish` publisher.
 fn resolve_mqtt(
     flag: Option<String>,
     ordered_in_flight: Option<usize>,
     node_id: &str,
+    max_payload_bytes: usize,
 ) -> Result<Option<IngressSettings>, SettingsError> {
     let env_broker = std::env::var("MQTT_BROKER").ok().filter(|v| !v.trim().is_empty());
     if flag.is_none() && env_broker.is_none() {
@@ -596,6 +599,7 @@ fn resolve_mqtt(
         mqtt.port = port;
     }
     mqtt.node_id = node_id.to_string();
+    mqtt.max_payload_bytes = max_payload_bytes;
     if let Some(n) = ordered_in_flight {
         mqtt.ordered_max_in_flight = n;
     }
@@ -784,6 +788,24 @@ mod tests {
             ..args("n1")
         };
         assert!(Settings::merge(flags, FileSettings::default()).is_err());
+    }
+
+    #[test]
+    fn the_node_payload_limit_is_the_mqtt_ingress_limit() {
+        let file = || FileSettings::parse(Path::new("t.toml"), "mqtt = \"127.0.0.1:1883\"\n").unwrap();
+        let limit = |max_payload_bytes| {
+            let args = StartArgs {
+                max_payload_bytes,
+                ..args("n1")
+            };
+            let settings = Settings::merge(args, file()).unwrap();
+            let mqtt = settings.mqtt.unwrap();
+            assert_eq!(mqtt.max_payload_bytes, settings.max_payload_bytes);
+            mqtt.max_payload_bytes
+        };
+        assert_eq!(limit(None), 256 * 1024);
+        assert_eq!(limit(Some(4 << 20)), 4 << 20);
+        assert_eq!(limit(Some(1000)), 1000);
     }
 
     #[test]

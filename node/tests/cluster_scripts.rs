@@ -417,6 +417,7 @@ impl Cluster {
                 payload: name.clone().into_bytes(),
                 message_id: name.clone(),
                 ordered_ingress: false,
+                retry: false,
             };
             let result = self
                 .rt

@@ -478,6 +478,13 @@ async fn ordered_route_retries_in_place_on_retryable_failures() {
         }
         let ids: HashSet<&str> = attempts.iter().map(|m| m.message_id.as_str()).collect();
         assert_eq!(ids.len(), 500, "one id per message");
+        // Retries say so: the dispatcher counts a message received once, not once per attempt.
+        let first_attempts: Vec<u64> = attempts.iter().filter(|m| !m.retry).map(seq_of).collect();
+        assert_eq!(
+            first_attempts,
+            (0..500).collect::<Vec<u64>>(),
+            "every message's first attempt, and only it, is not a retry"
+        );
         println!("ordered route with retryable failures: {failures} retries, order kept");
         ingress.handle.shutdown().await;
     })
@@ -1240,6 +1247,167 @@ async fn plan_changes_start_and_stop_connections_by_route() {
         })
         .await;
         ingress.handle.shutdown().await;
+    })
+    .await;
+}
+
+/// `--max-payload-bytes` is the MQTT ingress's limit too (it used to stay at 256 KiB, so larger
+/// messages were acknowledged and dropped): a message under the node's limit is dispatched, one
+/// over it is refused (acknowledged, counted as rejected with its reason, logged), as gRPC
+/// refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_node_payload_limit_reaches_the_mqtt_ingress() {
+    use routemq_node::settings::{FileSettings, Settings, StartArgs};
+    bounded(async {
+        let broker = Mosquitto::start();
+        let limit = 512 * 1024;
+        let node = Settings::merge(
+            StartArgs {
+                node_id: Some("n1".into()),
+                bootstrap: true,
+                mqtt: Some(format!("127.0.0.1:{}", broker.port())),
+                max_payload_bytes: Some(limit),
+                ..Default::default()
+            },
+            FileSettings::default(),
+        )
+        .expect("node settings");
+        let mut s = node.mqtt.expect("MQTT settings from --mqtt");
+        s.reconnect_backoff_min = Duration::from_millis(100);
+        s.reconnect_backoff_max = Duration::from_secs(1);
+        let dispatcher = FakeDispatcher::accepting();
+        let plan = IngressPlan {
+            shared: vec![],
+            ordered_held: vec![ordered("big", "big/#", "routemq-big")],
+        };
+        let ingress = Ingress::start(s, dispatcher.clone(), plan);
+        ingress.ready(1).await;
+        let messages = vec![
+            ("big/k".to_string(), payload(0, 300 * 1024)),
+            ("big/k".to_string(), payload(1, limit + 1)),
+            ("big/k".to_string(), payload(2, limit)),
+        ];
+        publish_all(broker.port(), "pub-big", messages).await;
+        wait_for("3 messages acknowledged", Duration::from_secs(20), || {
+            ingress.status().connections[0].acked == 3
+        })
+        .await;
+        assert_eq!(
+            dispatcher.accepted_seqs(),
+            [0, 2],
+            "300 KiB and exactly the limit are dispatched; one byte over is not"
+        );
+        assert_eq!(
+            ingress.status().connections[0].rejected,
+            1,
+            "the message over the limit is recorded as refused"
+        );
+        ingress.handle.shutdown().await;
+    })
+    .await;
+}
+
+/// The `republish` publisher resolves on the broker's PUBACK: a 64 KiB payload (over rumqttc's
+/// default 10 KiB packet limit, which broke the connection) published at QoS 1 reaches a
+/// subscriber; with the broker stopped, the `republish` handler fails within its bound (the
+/// processor then dead-letters the message, as for any handler failure) instead of reporting
+/// a message only queued locally as done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn republish_is_done_on_the_brokers_puback_and_fails_without_a_broker() {
+    use routemq_node::handler::{Handler, HandlerContext, Message, Publisher, RepublishHandler};
+    use routemq_node::publisher::MqttPublisher;
+    bounded(async {
+        let mut broker = Mosquitto::start();
+        let mut s = settings(broker.port(), "n1");
+        s.max_payload_bytes = 256 * 1024;
+        let publisher = Arc::new(MqttPublisher::with_ack_timeout(&s, "n1", Duration::from_secs(3)));
+
+        // A subscriber for the republished messages.
+        let mut options = MqttOptions::new("republish-sub", "127.0.0.1", broker.port());
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        let (sub, mut sub_loop) = AsyncClient::new(options, 10);
+        sub.subscribe("out/#", QoS::AtLeastOnce).await.expect("subscribe");
+        let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel();
+        let sub_task = tokio::spawn(async move {
+            loop {
+                match sub_loop.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = got_tx.send(None);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = got_tx.send(Some((p.topic.clone(), p.payload.len())));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        assert_eq!(got_rx.recv().await, Some(None), "subscribed");
+
+        let big = payload(1, 64 * 1024);
+        publisher
+            .publish("out/big", &big, 1)
+            .await
+            .expect("a 64 KiB QoS 1 republish is acknowledged by the broker");
+        let got = tokio::time::timeout(Duration::from_secs(10), got_rx.recv())
+            .await
+            .expect("the republished message arrives");
+        assert_eq!(got, Some(Some(("out/big".to_string(), 64 * 1024))));
+        let over = payload(2, 256 * 1024 + 1);
+        let err = publisher
+            .publish("out/over", &over, 1)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("payload limit"), "{err}");
+
+        // Broker stopped: the handler fails, within the bound, saying why.
+        broker.stop();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ctx = HandlerContext {
+            node_id: "n1".into(),
+            publisher: publisher.clone(),
+            journal: routemq_node::journal::Journal::open(dir.path()).expect("journal"),
+            stats: Default::default(),
+        };
+        let handler = RepublishHandler {
+            topic_template: routemq_node::routes::Template::parse("out/{id}").expect("template"),
+            qos: 1,
+        };
+        let message = Message {
+            route: "r".into(),
+            topic: "in/d1".into(),
+            params: vec![("id".into(), "d1".into())],
+            key: "d1".into(),
+            partition: 0,
+            payload: b"x".to_vec(),
+            message_id: "m1".into(),
+            epoch: 1,
+        };
+        let started = Instant::now();
+        let err = handler
+            .handle(&ctx, &message)
+            .await
+            .expect_err("no broker: the republish handler fails");
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "bounded: {:?}",
+            started.elapsed()
+        );
+        let err = err.to_string();
+        assert!(err.contains("out/d1") && err.contains("MQTT broker"), "{err}");
+
+        // Back again: publishes succeed again.
+        broker.start_again();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match publisher.publish("out/again", b"x", 1).await {
+                Ok(()) => break,
+                Err(e) => assert!(Instant::now() < deadline, "publisher did not recover: {e}"),
+            }
+        }
+        sub_task.abort();
+        publisher.shutdown().await;
     })
     .await;
 }

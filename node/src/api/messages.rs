@@ -63,6 +63,7 @@ fn inbound(config: &ConfigService, request: &pb::PublishRequest) -> InboundMessa
         payload: request.payload.clone(),
         message_id,
         ordered_ingress: false,
+        retry: false,
     }
 }
 

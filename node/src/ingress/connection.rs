@@ -880,6 +880,8 @@ async fn process<D: Dispatch>(
     if let Err(e) = edge_check(publish, &conn.settings) {
         let reason = error_reason(&e);
         warn!(client = id, route, topic = %publish.topic, reason, "MQTT message refused: {e}");
+        // Counted as the dispatcher counts a gRPC message it refuses for the same reason.
+        metrics::counter!(crate::metrics::MESSAGES_REJECTED, "reason" => reason).increment(1);
         give_up(conn, m, reason);
         return Finish::Acknowledge;
     }
@@ -898,6 +900,7 @@ async fn process<D: Dispatch>(
         payload: publish.payload.to_vec(),
         message_id,
         ordered_ingress: conn.hold.is_some(),
+        retry: false,
     };
     let mut retry = Backoff::new(conn.settings.dispatch_retry_min, conn.settings.dispatch_retry_max);
     let mut attempt = 0u32;
@@ -909,7 +912,11 @@ async fn process<D: Dispatch>(
             debug!(client = id, topic = %publish.topic, "not dispatched: this node no longer holds the route");
             return Finish::Withhold;
         }
-        let Some(result) = dispatch_within_grace(conn, message.clone()).await else {
+        let attempt_message = InboundMessage {
+            retry: attempt > 1,
+            ..message.clone()
+        };
+        let Some(result) = dispatch_within_grace(conn, attempt_message).await else {
             debug!(client = id, topic = %publish.topic, "dispatch abandoned on shutdown; not acknowledged");
             return Finish::Withhold;
         };

@@ -104,7 +104,10 @@
 //! is up (for `/ready`) with its last error, and the `routemq_mqtt_*` metrics count messages,
 //! acknowledgements, errors by reason, reconnects and connection state. Nothing on the network
 //! is unwrapped. Malformed input never reaches `dispatch`: a topic that is not a valid topic
-//! name and a payload over `max_payload_bytes` are acknowledged, counted and logged. A topic
+//! name and a payload over `max_payload_bytes` (the node's `--max-payload-bytes`, the limit
+//! gRPC `Publish` enforces too) are acknowledged, logged with the reason and counted with it
+//! (`routemq_messages_rejected_total{reason}`, as gRPC's refusals, and
+//! `routemq_mqtt_dispatch_errors_total{reason}`): refused, never dropped silently. A topic
 //! that is not UTF-8 is refused by Mosquitto at the publisher (MQTT-1.5.3); from a broker that
 //! forwarded one anyway, rumqttc would fail to decode the packet, and the connection would be
 //! reset and the event counted (`reason="malformed_topic"`).

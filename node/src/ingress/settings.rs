@@ -132,7 +132,9 @@ pub struct IngressSettings {
     pub reconnect_backoff_min: Duration,
     /// Longest reconnect delay.
     pub reconnect_backoff_max: Duration,
-    /// Larger payloads are acknowledged and dropped (counted, logged) without dispatch.
+    /// The node's `--max-payload-bytes` (set by the node's settings; one limit for every
+    /// ingress and for the `republish` publisher). Larger payloads are refused without
+    /// dispatch: acknowledged, logged and counted with the reason `payload_too_large`.
     pub max_payload_bytes: usize,
     /// Largest MQTT packet the client reads. A larger one breaks the connection (and a
     /// persistent session would get it again on every reconnect), so keep this at least as

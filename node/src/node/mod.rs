@@ -443,6 +443,7 @@ impl Node {
             ingress,
             readiness,
             health,
+            data_dir: self.settings.data_dir.clone(),
         };
         let leaving = CancellationToken::new();
         let rejoin = Rejoin {

@@ -2,12 +2,14 @@
 //! (leader, committed index), computes readiness ([`readiness`], pure) for `/ready` and the
 //! gRPC health service, gossips lifecycle and load, records the cluster metrics, and does the
 //! leader's periodic duties through the coordinator (fail dead members over; every 2 s, keep
-//! Raft voters in line with the ring).
+//! Raft voters in line with the ring). Every 5 s it samples the data directory (free space, the
+//! journal's size) for the metrics.
 //!
 //! Readiness says whether this node may take traffic: a ring member in its applied config,
 //! with a valid lease, a known Raft leader, its config caught up with what the leader
 //! committed, and (with a broker) an MQTT ingress that can reach it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,8 @@ use crate::processor::Processor;
 const TICK: Duration = Duration::from_millis(250);
 /// How often the leader reconciles Raft membership with the ring.
 const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+/// How often the data directory is sampled (free space, journal size).
+const DISK_EVERY: Duration = Duration::from_secs(5);
 
 /// What readiness is decided from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,12 +101,17 @@ pub(super) struct StatusLoop {
     pub ingress: Option<IngressStatusSource>,
     pub readiness: watch::Sender<Readiness>,
     pub health: tonic_health::server::HealthReporter,
+    /// The data directory (its `journal` subdirectory holds the journal).
+    pub data_dir: PathBuf,
 }
 
 /// What the loop remembers between ticks.
 struct Memory {
     last_reconcile: Instant,
     was_ready: Option<bool>,
+    last_disk_sample: Option<Instant>,
+    /// The last failed sample's error, logged once until it changes.
+    disk_error: Option<String>,
 }
 
 impl StatusLoop {
@@ -113,6 +122,8 @@ impl StatusLoop {
         let mut memory = Memory {
             last_reconcile: Instant::now(),
             was_ready: None,
+            last_disk_sample: None,
+            disk_error: None,
         };
         loop {
             tokio::select! {
@@ -182,11 +193,40 @@ impl StatusLoop {
             phases: self.fence.phase_counts(),
             lease_valid,
         });
+        if memory
+            .last_disk_sample
+            .is_none_or(|at| at.elapsed() >= DISK_EVERY)
+        {
+            memory.last_disk_sample = Some(Instant::now());
+            self.sample_disk(memory).await;
+        }
         self.coordinator.fail_over_dead().await;
         if is_leader && memory.last_reconcile.elapsed() > RECONCILE_EVERY {
             memory.last_reconcile = Instant::now();
             if let Err(e) = self.coordinator.reconcile().await {
                 tracing::warn!(error = %e, "could not reconcile raft membership");
+            }
+        }
+    }
+
+    /// Records the data directory's free space and the journal's size (off the async threads).
+    async fn sample_disk(&self, memory: &mut Memory) {
+        let data_dir = self.data_dir.clone();
+        let sampled = tokio::task::spawn_blocking(move || {
+            crate::metrics::sample_disk(&data_dir, &data_dir.join("journal"))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("disk sampling task: {e}")));
+        match sampled {
+            Ok(gauges) => {
+                crate::metrics::record_disk_gauges(&gauges);
+                memory.disk_error = None;
+            }
+            Err(e) => {
+                if memory.disk_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(error = %e, "cannot sample the data directory for the disk metrics");
+                }
+                memory.disk_error = Some(e);
             }
         }
     }
