@@ -149,6 +149,8 @@ for device in device-42 device-7; do
     "$CTL" --addr 127.0.0.1:7002 journal "$device" --route telemetry
 done
 
+say "web console: http://127.0.0.1:7201/ui (any node's HTTP address; hot keys: $CTL hot-keys --route telemetry)"
+
 if [ "$exit_after" = 1 ]; then
     exit 0
 fi

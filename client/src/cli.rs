@@ -86,6 +86,16 @@ pub enum Command {
         #[arg(long, value_name = "ID")]
         message_id: Option<String>,
     },
+    /// Show a route's hot keys: the keys with the most messages in the last minute, over every
+    /// node (bounded sketches: a count may be over by at most its error)
+    HotKeys {
+        /// The route
+        #[arg(long, value_name = "NAME")]
+        route: String,
+        /// Show at most N keys
+        #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=200))]
+        limit: u32,
+    },
     /// Read a key's journal (routes with the journal handler) from any node
     Journal {
         /// The key, e.g. a device id (the route's key parameter value, or the whole topic)
@@ -488,6 +498,17 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn hot_keys_command() {
+        let cli = parse(&["hot-keys", "--route", "telemetry"]).unwrap();
+        assert!(matches!(cli.command, Command::HotKeys { ref route, limit: 10 } if route == "telemetry"));
+        let cli = parse(&["hot-keys", "--route", "r", "--limit", "50"]).unwrap();
+        assert!(matches!(cli.command, Command::HotKeys { limit: 50, .. }));
+        assert!(parse(&["hot-keys"]).is_err(), "the route is required");
+        assert!(parse(&["hot-keys", "--route", "r", "--limit", "0"]).is_err());
+        assert!(parse(&["hot-keys", "--route", "r", "--limit", "201"]).is_err());
     }
 
     #[test]

@@ -213,6 +213,17 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
                 render::journal_text(route, key, &entries, next_offset, end)
             }
         }
+        Command::HotKeys { route, limit } => {
+            let answer = client
+                .hot_keys(route.as_str(), *limit)
+                .await
+                .with_context(|| format!("cannot read the hot keys of route {route:?}"))?;
+            if cli.json {
+                render::to_json_text(&render::hot_keys_json(&answer))?
+            } else {
+                render::hot_keys_text(&answer)
+            }
+        }
         Command::Bench(args) => {
             let report = routemq_client::bench::run(&client, bench_config(args, cli.timeout))
                 .await

@@ -942,6 +942,63 @@ pub fn bench_text(report: &BenchReport) -> String {
     out
 }
 
+/// The JSON view of a route's hot keys.
+pub fn hot_keys_json(answer: &routemq_proto::v1::HotKeysResponse) -> serde_json::Value {
+    let window = f64::from(answer.window_s.max(1));
+    serde_json::json!({
+        "route": answer.route,
+        "window_s": answer.window_s,
+        "total": answer.total,
+        "floor": answer.floor,
+        "nodes": answer.nodes,
+        "missing": answer.missing,
+        "keys": answer.keys.iter().map(|k| serde_json::json!({
+            "key": k.key,
+            "count": k.count,
+            "error": k.error,
+            "rate_per_s": k.count as f64 / window,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Human view of a route's hot keys.
+pub fn hot_keys_text(answer: &routemq_proto::v1::HotKeysResponse) -> String {
+    let window = f64::from(answer.window_s.max(1));
+    let mut out = format!(
+        "Hot keys of route {} over the last {} s ({} messages counted on {}):\n",
+        answer.route,
+        answer.window_s,
+        answer.total,
+        answer.nodes.join(", ")
+    );
+    if answer.keys.is_empty() {
+        out.push_str("No messages in the last complete window.\n");
+    } else {
+        let mut table = new_table(&["#", "KEY", "MESSAGES", "± ERROR", "MSG/S"], &[0, 2, 3, 4]);
+        for (rank, k) in answer.keys.iter().enumerate() {
+            table.add_row(vec![
+                (rank + 1).to_string(),
+                k.key.clone(),
+                k.count.to_string(),
+                k.error.to_string(),
+                format!("{:.1}", k.count as f64 / window),
+            ]);
+        }
+        out.push_str(&format!("{table}\n"));
+        out.push_str(&format!(
+            "A key not listed had at most {} messages.\n",
+            answer.floor
+        ));
+    }
+    if !answer.missing.is_empty() {
+        out.push_str(&format!(
+            "Not counted (did not answer): {}\n",
+            answer.missing.join(", ")
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::{json, Value};

@@ -37,6 +37,10 @@ fn routes(channel: Channel) -> RoutesClient<Channel> {
     RoutesClient::new(channel)
 }
 
+fn stats(channel: Channel) -> routemq_proto::v1::stats_client::StatsClient<Channel> {
+    routemq_proto::v1::stats_client::StatsClient::new(channel)
+}
+
 fn messages(channel: Channel) -> MessagesClient<Channel> {
     MessagesClient::new(channel)
         .max_decoding_message_size(MAX_DECODING_BYTES)
@@ -154,6 +158,26 @@ impl Client {
             })
             .await?;
         Ok(published)
+    }
+
+    /// The hot keys of `route` in the last complete counting window, merged over every member
+    /// by the node that answers: at most `limit` keys (0: 10).
+    pub async fn hot_keys(
+        &self,
+        route: impl Into<String>,
+        limit: u32,
+    ) -> Result<routemq_proto::v1::HotKeysResponse, ClientError> {
+        let request = routemq_proto::v1::HotKeysRequest {
+            route: route.into(),
+            limit,
+            local: false,
+        };
+        let (_, answer) = self
+            .call(Target::Any, request, |channel, request| async move {
+                stats(channel).get_hot_keys(request).await
+            })
+            .await?;
+        Ok(answer)
     }
 
     /// One page of a key's journal: at most `limit` entries (0: the node's default, 1000) from

@@ -47,7 +47,8 @@ impl GrpcNetwork {
         Self::default()
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, PeerError> {
+    /// The cached channel to `addr` (one HTTP/2 connection per peer, shared by every call).
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, PeerError> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
