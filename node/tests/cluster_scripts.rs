@@ -37,7 +37,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error;
 use std::fmt::Write as _;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -691,24 +690,5 @@ fn humantime_like(s: &str) -> Res<Duration> {
 #[test]
 fn cluster_scripts() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testscripts/cluster");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .expect("the scripts directory")
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.is_file())
-        .collect();
-    paths.sort();
-    assert!(!paths.is_empty(), "no scripts in {}", dir.display());
-    let mut failed = Vec::new();
-    for path in &paths {
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let mut runner = ClusterRunner { cluster: None };
-            goldenscript::run(&mut runner, path)
-        }));
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => failed.push(format!("{}: {error}", path.display())),
-            Err(_) => failed.push(format!("{}: output differs (diff above)", path.display())),
-        }
-    }
-    assert!(failed.is_empty(), "failing scripts:\n{}", failed.join("\n"));
+    routemq_testkit::golden::run_dir(&dir, || ClusterRunner { cluster: None });
 }

@@ -64,7 +64,6 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::error::Error;
 use std::fmt::Write as _;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -983,27 +982,7 @@ impl Runner for OwnershipRunner {
 }
 
 fn run_dir(dir: &Path) {
-    let mut paths: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.is_file())
-        .collect();
-    paths.sort();
-    assert!(!paths.is_empty(), "no scripts in {}", dir.display());
-
-    let mut failed = Vec::new();
-    for path in &paths {
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let mut runner = OwnershipRunner { sim: None };
-            goldenscript::run(&mut runner, path)
-        }));
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => failed.push(format!("{}: {error}", path.display())),
-            Err(_) => failed.push(format!("{}: output differs (diff above)", path.display())),
-        }
-    }
-    assert!(failed.is_empty(), "failing scripts:\n{}", failed.join("\n"));
+    routemq_testkit::golden::run_dir(dir, || OwnershipRunner { sim: None });
 }
 
 /// Runs every script in the directory, each with a fresh runner, and reports all that fail.

@@ -43,7 +43,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error;
 use std::fmt::Write as _;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -914,25 +913,5 @@ impl Runner for ReplicationRunner {
 #[test]
 fn replication_scripts() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testscripts/replication");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.is_file())
-        .collect();
-    paths.sort();
-    assert!(!paths.is_empty(), "no scripts in {}", dir.display());
-
-    let mut failed = Vec::new();
-    for path in &paths {
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let mut runner = ReplicationRunner { sim: None };
-            goldenscript::run(&mut runner, path)
-        }));
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => failed.push(format!("{}: {error}", path.display())),
-            Err(_) => failed.push(format!("{}: output differs (diff above)", path.display())),
-        }
-    }
-    assert!(failed.is_empty(), "failing scripts:\n{}", failed.join("\n"));
+    routemq_testkit::golden::run_dir(&dir, || ReplicationRunner { sim: None });
 }
