@@ -240,6 +240,15 @@ impl Fence {
         state.lease.status(now(), state.ownership.epoch())
     }
 
+    /// How long the lease stays valid without another renewal (None: not valid now).
+    pub fn lease_remaining(&self) -> Option<Duration> {
+        let state = self.lock();
+        state
+            .lease
+            .valid_until()
+            .and_then(|until| until.checked_duration_since(now()))
+    }
+
     /// A watch of "the lease is valid", for the MQTT ingress (which must let go of ordered
     /// routes when it is not). Refreshed by the renewal task.
     pub fn lease_valid(&self) -> watch::Receiver<bool> {

@@ -8,7 +8,7 @@
 //! [`SAMPLE_EVERY`] and a hot-key window every [`HOT_KEY_WINDOW`]. Prometheus metrics stay the
 //! place for long-term figures; these are the last minutes, kept in memory.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,7 +29,7 @@ pub const HOT_KEY_CAPACITY: usize = 200;
 pub const MAX_ROUTES: usize = 1_000;
 
 /// One closed sampling interval.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     /// End of the interval, Unix ms.
     pub at_unix_ms: u64,
@@ -39,23 +39,38 @@ pub struct Sample {
     pub received_per_s: f64,
     /// Handler time p99 (the upper bound of its bucket), ms; None without messages.
     pub p99_ms: Option<f64>,
+    /// The same per route, by route name (routes without messages left out).
+    pub routes: BTreeMap<String, RouteSample>,
 }
 
+/// One route's figures over one interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouteSample {
+    /// Handlers run per second.
+    pub processed_per_s: f64,
+    /// Handler time p99 (bucket upper bound), ms.
+    pub p99_ms: Option<f64>,
+}
+
+/// Handlers run and their times, over one interval.
 #[derive(Debug)]
-struct Interval {
+struct Counts {
     processed: u64,
-    received: u64,
     /// Counts per [`LATENCY_BUCKETS`] bound, plus one for anything above the last.
     latency: Vec<u64>,
 }
 
-impl Interval {
+impl Counts {
     fn new() -> Self {
         Self {
             processed: 0,
-            received: 0,
             latency: vec![0; LATENCY_BUCKETS.len() + 1],
         }
+    }
+
+    fn record(&mut self, bucket: usize) {
+        self.processed += 1;
+        self.latency[bucket] += 1;
     }
 
     fn p99_ms(&self) -> Option<f64> {
@@ -73,6 +88,24 @@ impl Interval {
             }
         }
         None
+    }
+}
+
+#[derive(Debug)]
+struct Interval {
+    all: Counts,
+    received: u64,
+    /// Per route, at most [`MAX_ROUTES`].
+    routes: HashMap<String, Counts>,
+}
+
+impl Interval {
+    fn new() -> Self {
+        Self {
+            all: Counts::new(),
+            received: 0,
+            routes: HashMap::new(),
+        }
     }
 }
 
@@ -121,8 +154,14 @@ impl NodeStats {
         let seconds = took.as_secs_f64();
         let bucket = LATENCY_BUCKETS.partition_point(|&bound| bound < seconds);
         let mut inner = self.lock();
-        inner.current.processed += 1;
-        inner.current.latency[bucket] += 1;
+        inner.current.all.record(bucket);
+        if let Some(counts) = inner.current.routes.get_mut(route) {
+            counts.record(bucket);
+        } else if inner.current.routes.len() < MAX_ROUTES {
+            let mut counts = Counts::new();
+            counts.record(bucket);
+            inner.current.routes.insert(route.to_string(), counts);
+        }
         inner.hot.observe(route, key);
     }
 
@@ -136,9 +175,20 @@ impl NodeStats {
         }
         inner.series.push_back(Sample {
             at_unix_ms,
-            processed_per_s: closed.processed as f64 / seconds,
+            processed_per_s: closed.all.processed as f64 / seconds,
             received_per_s: closed.received as f64 / seconds,
-            p99_ms: closed.p99_ms(),
+            p99_ms: closed.all.p99_ms(),
+            routes: closed
+                .routes
+                .iter()
+                .map(|(route, counts)| {
+                    let sample = RouteSample {
+                        processed_per_s: counts.processed as f64 / seconds,
+                        p99_ms: counts.p99_ms(),
+                    };
+                    (route.clone(), sample)
+                })
+                .collect(),
         });
     }
 
@@ -149,7 +199,7 @@ impl NodeStats {
 
     /// The samples kept, oldest first.
     pub fn series(&self) -> Vec<Sample> {
-        self.lock().series.iter().copied().collect()
+        self.lock().series.iter().cloned().collect()
     }
 
     /// `route`'s hot keys in the last complete window.
@@ -216,6 +266,34 @@ mod tests {
         assert_eq!(stats.series()[1].p99_ms, Some(250.0));
         stats.close_interval(3_000, Duration::from_secs(5));
         assert_eq!(stats.series()[2].p99_ms, None, "no message, no latency");
+    }
+
+    #[test]
+    fn routes_have_their_own_rates_and_p99() {
+        let stats = NodeStats::new();
+        for _ in 0..100 {
+            stats.record_processed("fast", "k", Duration::from_micros(300));
+        }
+        for _ in 0..10 {
+            stats.record_processed("slow", "k", Duration::from_millis(40));
+        }
+        stats.close_interval(1_000, Duration::from_secs(10));
+        let sample = &stats.series()[0];
+        assert_eq!(sample.processed_per_s, 11.0);
+        assert_eq!(
+            sample.routes["fast"],
+            RouteSample {
+                processed_per_s: 10.0,
+                p99_ms: Some(0.5)
+            }
+        );
+        assert_eq!(
+            sample.routes["slow"],
+            RouteSample {
+                processed_per_s: 1.0,
+                p99_ms: Some(50.0)
+            }
+        );
     }
 
     #[test]

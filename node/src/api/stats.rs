@@ -13,7 +13,9 @@ use routemq_proto::v1::stats_server::Stats;
 use tonic::{Request, Response, Status};
 
 use crate::config::ConfigService;
+use crate::fencing::Fence;
 use crate::hotkeys::{KeyCount, Summary};
+use crate::lease::LeaseStatus;
 use crate::stats::{NodeStats, HOT_KEY_CAPACITY, HOT_KEY_WINDOW, SAMPLE_EVERY};
 
 /// How long a member gets to send its figures.
@@ -26,19 +28,22 @@ pub struct StatsApi {
     node_id: String,
     stats: NodeStats,
     config: Arc<ConfigService>,
+    fence: Arc<Fence>,
 }
 
 impl StatsApi {
-    /// Serves `stats` of node `node_id`; members come from `config`.
-    pub fn new(node_id: String, stats: NodeStats, config: Arc<ConfigService>) -> Self {
+    /// Serves `stats` of node `node_id` and its lease from `fence`; members come from `config`.
+    pub fn new(node_id: String, stats: NodeStats, config: Arc<ConfigService>, fence: Arc<Fence>) -> Self {
         Self {
             node_id,
             stats,
             config,
+            fence,
         }
     }
 
     fn local_series(&self) -> pb::NodeSeries {
+        let lease = self.fence.lease_status();
         pb::NodeSeries {
             node_id: self.node_id.clone(),
             samples: self
@@ -50,9 +55,24 @@ impl StatsApi {
                     processed_per_s: s.processed_per_s,
                     received_per_s: s.received_per_s,
                     p99_ms: s.p99_ms,
+                    routes: s
+                        .routes
+                        .into_iter()
+                        .map(|(route, r)| pb::RouteSample {
+                            route,
+                            processed_per_s: r.processed_per_s,
+                            p99_ms: r.p99_ms,
+                        })
+                        .collect(),
                 })
                 .collect(),
             error: String::new(),
+            lease_valid: matches!(lease, LeaseStatus::Valid),
+            lease_remaining_ms: self.fence.lease_remaining().map(|d| d.as_millis() as u64),
+            lease_problem: match lease {
+                LeaseStatus::Valid => String::new(),
+                LeaseStatus::Invalid(why) => why,
+            },
         }
     }
 
@@ -139,8 +159,8 @@ impl Stats for StatsApi {
                     Ok(series) => series,
                     Err(error) => pb::NodeSeries {
                         node_id,
-                        samples: Vec::new(),
                         error,
+                        ..Default::default()
                     },
                 });
             }

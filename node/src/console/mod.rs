@@ -183,7 +183,18 @@ async fn series(State(console): State<Console>) -> ConsoleResult {
         .get_series(local(pb::SeriesRequest { local: false }))
         .await?
         .into_inner();
+    let routes: serde_json::Map<String, Value> = route_series(&answer.nodes, answer.interval_s)
+        .into_iter()
+        .map(|(route, points)| {
+            let points: Vec<Value> = points
+                .into_iter()
+                .map(|p| json!({ "t": p.at_unix_ms, "processed_per_s": p.processed_per_s, "p99_ms": p.p99_ms }))
+                .collect();
+            (route, Value::Array(points))
+        })
+        .collect();
     let mut nodes = serde_json::Map::new();
+    let mut leases = serde_json::Map::new();
     let mut errors = serde_json::Map::new();
     for node in answer.nodes {
         let samples: Vec<Value> = node
@@ -198,14 +209,69 @@ async fn series(State(console): State<Console>) -> ConsoleResult {
                 })
             })
             .collect();
-        if !node.error.is_empty() {
+        if node.error.is_empty() {
+            leases.insert(
+                node.node_id.clone(),
+                json!({ "valid": node.lease_valid, "remaining_ms": node.lease_remaining_ms, "problem": node.lease_problem }),
+            );
+        } else {
             errors.insert(node.node_id.clone(), Value::String(node.error));
         }
         nodes.insert(node.node_id, Value::Array(samples));
     }
-    Ok(Json(
-        json!({ "interval_s": answer.interval_s, "nodes": nodes, "errors": errors }),
-    ))
+    Ok(Json(json!({
+        "interval_s": answer.interval_s,
+        "nodes": nodes,
+        "leases": leases,
+        "routes": routes,
+        "errors": errors,
+    })))
+}
+
+/// One point of a route's series over the whole cluster.
+#[derive(Debug, Clone, PartialEq)]
+struct RoutePoint {
+    at_unix_ms: u64,
+    /// Sum over the nodes.
+    processed_per_s: f64,
+    /// The largest of the nodes' p99s (an upper bound of the cluster's p99).
+    p99_ms: Option<f64>,
+}
+
+/// Every route's series over the cluster: the nodes' samples that fall in the same interval
+/// (their clocks and sampling phases differ) are added up.
+fn route_series(
+    nodes: &[pb::NodeSeries],
+    interval_s: u32,
+) -> std::collections::BTreeMap<String, Vec<RoutePoint>> {
+    let interval_ms = u64::from(interval_s.max(1)) * 1000;
+    let mut by_route: std::collections::BTreeMap<String, std::collections::BTreeMap<u64, RoutePoint>> =
+        Default::default();
+    for node in nodes {
+        for sample in &node.samples {
+            let slot = sample.at_unix_ms / interval_ms;
+            for r in &sample.routes {
+                let point = by_route
+                    .entry(r.route.clone())
+                    .or_default()
+                    .entry(slot)
+                    .or_insert(RoutePoint {
+                        at_unix_ms: (slot + 1) * interval_ms,
+                        processed_per_s: 0.0,
+                        p99_ms: None,
+                    });
+                point.processed_per_s += r.processed_per_s;
+                point.p99_ms = match (point.p99_ms, r.p99_ms) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+    }
+    by_route
+        .into_iter()
+        .map(|(route, points)| (route, points.into_values().collect()))
+        .collect()
 }
 
 /// `?route=R[&limit=N]`.
@@ -345,6 +411,51 @@ mod tests {
                 (5, 1, "n1".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn route_series_add_up_the_nodes_in_each_interval() {
+        let sample = |at: u64, route: &str, rate: f64, p99: Option<f64>| pb::Sample {
+            at_unix_ms: at,
+            routes: vec![pb::RouteSample {
+                route: route.into(),
+                processed_per_s: rate,
+                p99_ms: p99,
+            }],
+            ..Default::default()
+        };
+        let node = |samples| pb::NodeSeries {
+            node_id: "n".into(),
+            samples,
+            ..Default::default()
+        };
+        let nodes = vec![
+            node(vec![
+                sample(10_100, "r", 2.0, Some(1.0)),
+                sample(15_100, "r", 4.0, None),
+            ]),
+            node(vec![
+                sample(12_900, "r", 3.0, Some(5.0)),
+                sample(13_000, "q", 1.0, None),
+            ]),
+        ];
+        let series = route_series(&nodes, 5);
+        assert_eq!(
+            series["r"],
+            vec![
+                RoutePoint {
+                    at_unix_ms: 15_000,
+                    processed_per_s: 5.0,
+                    p99_ms: Some(5.0)
+                },
+                RoutePoint {
+                    at_unix_ms: 20_000,
+                    processed_per_s: 4.0,
+                    p99_ms: None
+                },
+            ]
+        );
+        assert_eq!(series["q"].len(), 1);
     }
 
     #[test]

@@ -74,6 +74,7 @@ pub(super) fn grpc_server(
         deps.node_id.clone(),
         deps.stats,
         deps.config.clone(),
+        deps.fence.clone(),
     ));
     let api = Arc::new(ClusterApi::new(
         deps.node_id,
