@@ -115,6 +115,11 @@ pub enum Rejection {
     /// The owner is not in the config's member list.
     #[error("no address for owner {0}")]
     NoAddress(String),
+    /// This node is not a member of the config it applied (joining, or rejoining after it
+    /// was removed): its routes may be missing or stale, so it can say nothing about the
+    /// topic yet.
+    #[error("this node is not a cluster member yet (joining or rejoining); retry, or send to another node")]
+    NotMember,
 }
 
 impl From<Rejection> for PublishError {
@@ -131,6 +136,12 @@ impl From<Rejection> for PublishError {
 /// shared routes here; ordered routes to the partition's owner, and nowhere without a valid
 /// lease (cut off from the majority, this node cannot know who owns what).
 pub fn route(view: &ConfigView, node_id: &str, lease: &LeaseStatus, topic: &str) -> RouteDecision {
+    // Before it is a member a node has not applied the cluster's routes: "no route" (a final
+    // NOT_FOUND) would be wrong for a route it has not heard of yet (seen by Jepsen
+    // kill-wipe-one: a wiped node answered NOT_FOUND until it had joined).
+    if !view.state.config.members.contains_key(node_id) {
+        return RouteDecision::Reject(Rejection::NotMember);
+    }
     let Some(found) = view.routes.route_for(topic) else {
         return RouteDecision::Reject(Rejection::NoRoute(topic.to_string()));
     };
@@ -795,6 +806,28 @@ mod tests {
     }
 
     #[test]
+    fn a_node_that_is_not_a_member_refuses_as_unavailable_not_as_no_route() {
+        let view = view();
+        let valid = LeaseStatus::Valid;
+        for topic in ["o/x", "s/x", "nothing/matches"] {
+            assert_eq!(
+                route(&view, "n9", &valid, topic),
+                RouteDecision::Reject(Rejection::NotMember),
+                "{topic}"
+            );
+        }
+        assert!(matches!(
+            PublishError::from(Rejection::NotMember),
+            PublishError::Unavailable(_)
+        ));
+        // A member still gets the final answer for a topic no route takes.
+        assert_eq!(
+            route(&view, "n1", &valid, "nothing/matches"),
+            RouteDecision::Reject(Rejection::NoRoute("nothing/matches".into()))
+        );
+    }
+
+    #[test]
     fn shared_messages_stay_here_even_without_a_lease() {
         let view = view();
         let no_lease = LeaseStatus::Invalid("expired".into());
@@ -819,14 +852,14 @@ mod tests {
             route(&view, "n1", &no_lease, &there),
             RouteDecision::Reject(Rejection::NoLease("cut off from the majority".into()))
         );
-        // Not bootstrapped: nobody owns anything.
+        // Not bootstrapped: this node is no member (and nobody owns anything): unavailable.
         let empty = view_of(ClusterConfig::default());
         let mut with_route = (*empty.state).clone();
         with_route.config.routes = view.state.config.routes.clone();
         let empty = view_of(with_route.config);
         assert_eq!(
             route(&empty, "n1", &valid, "o/k"),
-            RouteDecision::Reject(Rejection::NoOwner)
+            RouteDecision::Reject(Rejection::NotMember)
         );
         assert!(matches!(
             PublishError::from(Rejection::NoOwner),
