@@ -15,7 +15,8 @@
 //!
 //! Pure: no clock, no I/O; the caller rotates windows on its timer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// One key's estimate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,10 +33,11 @@ pub struct KeyCount {
 #[derive(Debug, Clone)]
 pub struct SpaceSaving {
     capacity: usize,
-    /// key -> (count, error)
-    counters: HashMap<String, (u64, u64)>,
+    /// key -> (count, error). Keys are shared with `by_count`: counting a key already held
+    /// allocates nothing (this runs once per processed message).
+    counters: HashMap<Arc<str>, (u64, u64)>,
     /// (count, key) ordered, to find the smallest counter in O(log k).
-    by_count: BTreeMap<(u64, String), ()>,
+    by_count: BTreeSet<(u64, Arc<str>)>,
     total: u64,
 }
 
@@ -45,36 +47,34 @@ impl SpaceSaving {
         Self {
             capacity: capacity.max(1),
             counters: HashMap::new(),
-            by_count: BTreeMap::new(),
+            by_count: BTreeSet::new(),
             total: 0,
         }
     }
 
     /// Counts one message of `key`.
     pub fn observe(&mut self, key: &str) {
-        self.add(key, 1, 0);
         self.total += 1;
-    }
-
-    fn add(&mut self, key: &str, count: u64, error: u64) {
-        if let Some(&(old, err)) = self.counters.get(key) {
-            self.by_count.remove(&(old, key.to_string()));
-            self.counters.insert(key.to_string(), (old + count, err + error));
-            self.by_count.insert((old + count, key.to_string()), ());
+        if let Some((held, &(count, error))) = self.counters.get_key_value(key) {
+            let held = held.clone();
+            self.by_count.remove(&(count, held.clone()));
+            self.by_count.insert((count + 1, held.clone()));
+            self.counters.insert(held, (count + 1, error));
             return;
         }
+        let key: Arc<str> = Arc::from(key);
         if self.counters.len() < self.capacity {
-            self.counters.insert(key.to_string(), (count, error));
-            self.by_count.insert((count, key.to_string()), ());
+            self.counters.insert(key.clone(), (1, 0));
+            self.by_count.insert((1, key));
             return;
         }
         // Full: the smallest counter is given to the new key, its count kept as the error bound.
-        let Some(((min, evicted), ())) = self.by_count.pop_first() else {
+        let Some((min, evicted)) = self.by_count.pop_first() else {
             return;
         };
         self.counters.remove(&evicted);
-        self.counters.insert(key.to_string(), (min + count, min + error));
-        self.by_count.insert((min + count, key.to_string()), ());
+        self.counters.insert(key.clone(), (min + 1, min));
+        self.by_count.insert((min + 1, key));
     }
 
     /// Messages counted in all.
@@ -87,10 +87,7 @@ impl SpaceSaving {
         if self.counters.len() < self.capacity {
             0
         } else {
-            self.by_count
-                .first_key_value()
-                .map(|((c, _), ())| *c)
-                .unwrap_or(0)
+            self.by_count.first().map(|(c, _)| *c).unwrap_or(0)
         }
     }
 
@@ -100,7 +97,7 @@ impl SpaceSaving {
             .counters
             .iter()
             .map(|(key, &(count, error))| KeyCount {
-                key: key.clone(),
+                key: key.to_string(),
                 count,
                 error,
             })

@@ -34,6 +34,7 @@
 //!
 //! After every command the runner checks that no partition is active on two live members.
 
+use routemq_testkit::golden::{duration as parse_duration, ranges};
 use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error;
 use std::fmt::Write as _;
@@ -103,28 +104,6 @@ fn member(id: &str, raft_id: u64) -> Member {
         http_addr: format!("{id}:7200"),
         weight: 1,
         state: MemberState::Active,
-    }
-}
-
-fn list(ps: &[u32]) -> String {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < ps.len() {
-        let mut j = i;
-        while j + 1 < ps.len() && ps[j + 1] == ps[j] + 1 {
-            j += 1;
-        }
-        out.push(if i == j {
-            ps[i].to_string()
-        } else {
-            format!("{}-{}", ps[i], ps[j])
-        });
-        i = j + 1;
-    }
-    if out.is_empty() {
-        "-".into()
-    } else {
-        out.join(",")
     }
 }
 
@@ -325,7 +304,7 @@ impl Cluster {
         });
         let parts: Vec<String> = ["active", "fetching", "draining", "handed-over"]
             .iter()
-            .filter_map(|k| by_phase.get(k).map(|ps| format!("{k} {}", list(ps))))
+            .filter_map(|k| by_phase.get(k).map(|ps| format!("{k} {}", ranges(ps))))
             .collect();
         Ok(format!(
             "{id}@{epoch}: {}",
@@ -494,7 +473,7 @@ impl Cluster {
             grouped.entry(key).or_default().push(m.partition);
         }
         for ((from, to), ps) in grouped {
-            write!(out, "\n  {from} → {to}: {}", list(&ps))?;
+            write!(out, "\n  {from} → {to}: {}", ranges(&ps))?;
         }
         Ok(out)
     }
@@ -617,7 +596,7 @@ impl Runner for ClusterRunner {
             }
             "tick" => {
                 let by = one()?;
-                let by: Duration = humantime_like(by)?;
+                let by: Duration = parse_duration(by)?;
                 cluster.rt.block_on(async move { tokio::time::sleep(by).await });
             }
             "publish" => {
@@ -673,17 +652,6 @@ impl Runner for ClusterRunner {
             out.join("\n") + "\n"
         })
     }
-}
-
-/// `250ms`, `2s`.
-fn humantime_like(s: &str) -> Res<Duration> {
-    if let Some(ms) = s.strip_suffix("ms") {
-        return Ok(Duration::from_millis(ms.parse()?));
-    }
-    if let Some(secs) = s.strip_suffix('s') {
-        return Ok(Duration::from_secs(secs.parse()?));
-    }
-    Err(format!("not a duration: {s}").into())
 }
 
 /// Runs every script in the directory, each with a fresh runner, and reports all that fail.

@@ -61,6 +61,7 @@
 //! known bugs are ignored; run them with `cargo nextest run --test ownership_scripts
 //! --run-ignored all`.
 
+use routemq_testkit::golden::{duration as parse_duration, ranges};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::error::Error;
 use std::fmt::Write as _;
@@ -229,7 +230,7 @@ impl Sim {
             grouped.entry(key).or_default().push(m.partition);
         }
         for ((from, to), ps) in grouped {
-            writeln!(out, "  {from} → {to}: {}", list(&ps))?;
+            writeln!(out, "  {from} → {to}: {}", ranges(&ps))?;
         }
         Ok(out)
     }
@@ -279,7 +280,7 @@ impl Sim {
         }
         let mut parts: Vec<String> = ["active", "fetching", "draining", "abandoned"]
             .iter()
-            .filter_map(|k| kinds.get(k).map(|ps| format!("{k} {}", list(ps))))
+            .filter_map(|k| kinds.get(k).map(|ps| format!("{k} {}", ranges(ps))))
             .collect();
         if dropped {
             parts.push("dropped every slot".into());
@@ -474,29 +475,6 @@ impl Sim {
     }
 }
 
-/// Partitions as ranges: `0-2,5`.
-fn list(ps: &[Partition]) -> String {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < ps.len() {
-        let mut j = i;
-        while j + 1 < ps.len() && ps[j + 1] == ps[j] + 1 {
-            j += 1;
-        }
-        out.push(if i == j {
-            ps[i].to_string()
-        } else {
-            format!("{}-{}", ps[i], ps[j])
-        });
-        i = j + 1;
-    }
-    if out.is_empty() {
-        "-".into()
-    } else {
-        out.join(",")
-    }
-}
-
 fn words<'a>(items: impl IntoIterator<Item = &'a String>) -> String {
     let v: Vec<&str> = items.into_iter().map(String::as_str).collect();
     format!("[{}]", v.join(" "))
@@ -518,14 +496,6 @@ fn answer_name(answer: &Option<Answer>) -> String {
         Some(Answer::NotYet) => "not yet".into(),
         Some(Answer::Data { version }) => format!("data v{version}"),
     }
-}
-
-fn parse_ms(value: &str) -> Res<Duration> {
-    let (n, unit) = match value.strip_suffix("ms") {
-        Some(n) => (n, 1),
-        None => (value.strip_suffix('s').ok_or("times need ms or s")?, 1000),
-    };
-    Ok(Duration::from_millis(n.parse::<u64>()? * unit))
 }
 
 fn show_ms(d: Duration) -> String {
@@ -572,7 +542,11 @@ impl Runner for OwnershipRunner {
                 args.reject_rest()?;
                 let sim = Sim::new(&ids, params)?;
                 for (id, node) in &sim.nodes {
-                    writeln!(output, "{id}: active {}", list(&node.own.in_phase(Phase::Active)))?;
+                    writeln!(
+                        output,
+                        "{id}: active {}",
+                        ranges(&node.own.in_phase(Phase::Active))
+                    )?;
                 }
                 self.sim = Some(sim);
             }
@@ -750,7 +724,7 @@ impl Runner for OwnershipRunner {
                     grouped.into_iter().map(|(line, ps)| (ps, line)).collect();
                 lines.sort();
                 for (ps, line) in lines {
-                    writeln!(output, "{id} p{}: {line}", list(&ps))?;
+                    writeln!(output, "{id} p{}: {line}", ranges(&ps))?;
                 }
             }
 
@@ -773,7 +747,7 @@ impl Runner for OwnershipRunner {
                             continue;
                         }
                         if phase == Phase::Active {
-                            parts.push(format!("active {} ({})", ps.len(), list(&ps)));
+                            parts.push(format!("active {} ({})", ps.len(), ranges(&ps)));
                         } else {
                             let detail: Vec<String> = ps
                                 .iter()
@@ -819,8 +793,8 @@ impl Runner for OwnershipRunner {
                 writeln!(
                     output,
                     "{id}: owners confirmed {}; not yet {}",
-                    list(&yes),
-                    list(&no)
+                    ranges(&yes),
+                    ranges(&no)
                 )?;
             }
 
@@ -862,8 +836,14 @@ impl Runner for OwnershipRunner {
             }
 
             "lease" => {
-                let duration = args.lookup("duration").map(|a| parse_ms(&a.value)).transpose()?;
-                let failover = args.lookup("failover").map(|a| parse_ms(&a.value)).transpose()?;
+                let duration = args
+                    .lookup("duration")
+                    .map(|a| parse_duration(&a.value))
+                    .transpose()?;
+                let failover = args
+                    .lookup("failover")
+                    .map(|a| parse_duration(&a.value))
+                    .transpose()?;
                 args.reject_rest()?;
                 let sim = self.sim()?;
                 sim.lease_duration = duration.unwrap_or(sim.lease_duration);
@@ -882,7 +862,7 @@ impl Runner for OwnershipRunner {
 
             "leader" => {
                 let id = args.next_pos().ok_or("leader ID at=T")?.value.clone();
-                let at = parse_ms(&args.lookup("at").ok_or("at= missing")?.value)?;
+                let at = parse_duration(&args.lookup("at").ok_or("at= missing")?.value)?;
                 args.reject_rest()?;
                 let sim = self.sim()?;
                 sim.node(&id)?;
@@ -895,10 +875,10 @@ impl Runner for OwnershipRunner {
 
             "renew" => {
                 let id = args.next_pos().ok_or("renew ID at=T")?.value.clone();
-                let sent = parse_ms(&args.lookup("at").ok_or("at= missing")?.value)?;
+                let sent = parse_duration(&args.lookup("at").ok_or("at= missing")?.value)?;
                 let arrive = args
                     .lookup("arrive")
-                    .map(|a| parse_ms(&a.value))
+                    .map(|a| parse_duration(&a.value))
                     .transpose()?
                     .unwrap_or(sent);
                 args.reject_rest()?;
@@ -936,7 +916,7 @@ impl Runner for OwnershipRunner {
 
             "status" => {
                 let id = args.next_pos().ok_or("status ID at=T")?.value.clone();
-                let at = parse_ms(&args.lookup("at").ok_or("at= missing")?.value)?;
+                let at = parse_duration(&args.lookup("at").ok_or("at= missing")?.value)?;
                 args.reject_rest()?;
                 let sim = self.sim()?;
                 let now = sim.at(at);
@@ -950,7 +930,7 @@ impl Runner for OwnershipRunner {
 
             "silent" => {
                 let id = args.next_pos().ok_or("silent ID at=T")?.value.clone();
-                let at = parse_ms(&args.lookup("at").ok_or("at= missing")?.value)?;
+                let at = parse_duration(&args.lookup("at").ok_or("at= missing")?.value)?;
                 args.reject_rest()?;
                 let sim = self.sim()?;
                 let leader = sim.leader.clone().ok_or("no leader")?;

@@ -40,6 +40,7 @@
 //! the log of every member of the partition's in-sync set and of its owner, and no offset was
 //! acknowledged with two different messages.
 
+use routemq_testkit::golden::duration as parse_duration;
 use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error;
 use std::fmt::Write as _;
@@ -572,14 +573,6 @@ struct ReplicationRunner {
     sim: Option<Sim>,
 }
 
-fn parse_ms(value: &str) -> Res<Duration> {
-    let (n, unit) = match value.strip_suffix("ms") {
-        Some(n) => (n, 1),
-        None => (value.strip_suffix('s').ok_or("times need ms or s")?, 1000),
-    };
-    Ok(Duration::from_millis(n.parse::<u64>()? * unit))
-}
-
 impl ReplicationRunner {
     fn sim(&mut self) -> Res<&mut Sim> {
         self.sim.as_mut().ok_or_else(|| "no cluster yet".into())
@@ -596,7 +589,7 @@ impl Runner for ReplicationRunner {
                 let factor = args.lookup_parse("r")?.unwrap_or(3);
                 let min_insync = args.lookup_parse("min")?.unwrap_or(2);
                 let partitions = args.lookup_parse("partitions")?.unwrap_or(4);
-                let lag = args.lookup("lag").map(|a| parse_ms(&a.value)).transpose()?;
+                let lag = args.lookup("lag").map(|a| parse_duration(&a.value)).transpose()?;
                 let zones: Vec<String> = args
                     .lookup("zones")
                     .map(|a| a.value.split(',').map(str::to_string).collect())
@@ -729,14 +722,14 @@ impl Runner for ReplicationRunner {
                 sim.replicate(p, &from, to, limit, !nosync, &mut out)?;
             }
             "tick" => {
-                let at = parse_ms(&args.lookup("at").ok_or("tick needs at=")?.value)?;
+                let at = parse_duration(&args.lookup("at").ok_or("tick needs at=")?.value)?;
                 args.reject_rest()?;
                 let sim = self.sim()?;
                 sim.now = at;
                 sim.tick(&mut out)?;
             }
             "lag" => {
-                let at = parse_ms(&args.lookup("at").ok_or("lag needs at=")?.value)?;
+                let at = parse_duration(&args.lookup("at").ok_or("lag needs at=")?.value)?;
                 args.reject_rest()?;
                 let sim = self.sim()?;
                 sim.now = at;
